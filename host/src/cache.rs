@@ -1,0 +1,182 @@
+//! The snapshot cache: per-plugin keys with per-entry TTLs (moka), and an index from room to
+//! the entries a socket joining that room is hydrated with.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::notification::RemovalCause;
+use moka::sync::Cache;
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+
+/// A cache key: the owning plugin and the plugin's own key.
+pub type CacheKey = (Arc<str>, Arc<str>);
+
+/// A room and the event its cached state is replayed under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hydration {
+    pub room: String,
+    pub event: String,
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub payload: Box<RawValue>,
+    pub ttl: Duration,
+    pub hydrate: Option<Hydration>,
+}
+
+type RoomIndex = Arc<Mutex<HashMap<String, HashSet<CacheKey>>>>;
+
+pub struct SnapshotCache {
+    entries: Cache<CacheKey, Arc<Entry>>,
+    rooms: RoomIndex,
+}
+
+struct PerEntryTtl;
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
+    fn expire_after_create(&self, _: &CacheKey, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        entry: &Arc<Entry>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.ttl)
+    }
+}
+
+impl SnapshotCache {
+    pub fn new(max_entries: u64) -> Self {
+        let rooms = RoomIndex::default();
+        let index = rooms.clone();
+        // Never called while `rooms` is held: the cache is only touched outside that lock.
+        let unindex = move |key: Arc<CacheKey>, entry: Arc<Entry>, cause: RemovalCause| {
+            if cause == RemovalCause::Replaced {
+                return;
+            }
+            if let Some(hydrate) = &entry.hydrate {
+                let mut rooms = index.lock();
+                if let Some(keys) = rooms.get_mut(&hydrate.room) {
+                    keys.remove(&*key);
+                    if keys.is_empty() {
+                        rooms.remove(&hydrate.room);
+                    }
+                }
+            }
+        };
+        Self {
+            entries: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(PerEntryTtl)
+                .eviction_listener(unindex)
+                .support_invalidation_closures()
+                .build(),
+            rooms,
+        }
+    }
+
+    pub fn put(&self, key: CacheKey, entry: Entry) {
+        if let Some(hydrate) = &entry.hydrate {
+            self.rooms
+                .lock()
+                .entry(hydrate.room.clone())
+                .or_default()
+                .insert(key.clone());
+        }
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    pub fn get(&self, key: &CacheKey) -> Option<Arc<Entry>> {
+        self.entries.get(key)
+    }
+
+    pub fn invalidate(&self, key: &CacheKey) {
+        self.entries.invalidate(key);
+    }
+
+    /// Drops every entry of `plugin` (when it is unloaded).
+    pub fn invalidate_plugin(&self, plugin: &str) {
+        let plugin: Arc<str> = plugin.into();
+        // Fails only without `support_invalidation_closures`, which `new` enables.
+        let _ = self
+            .entries
+            .invalidate_entries_if(move |(owner, _), _| *owner == plugin);
+    }
+
+    /// The live entries a socket joining `room` is hydrated with.
+    pub fn room_state(&self, room: &str) -> Vec<Arc<Entry>> {
+        let keys: Vec<CacheKey> = match self.rooms.lock().get(room) {
+            Some(keys) => keys.iter().cloned().collect(),
+            None => return Vec::new(),
+        };
+        keys.iter()
+            .filter_map(|key| self.entries.get(key))
+            .filter(|entry| entry.hydrate.as_ref().is_some_and(|h| h.room == room))
+            .collect()
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(plugin: &str, key: &str) -> CacheKey {
+        (plugin.into(), key.into())
+    }
+
+    fn entry(payload: &str, ttl_ms: u64, room: Option<&str>) -> Entry {
+        Entry {
+            payload: RawValue::from_string(payload.to_owned()).unwrap(),
+            ttl: Duration::from_millis(ttl_ms),
+            hydrate: room.map(|room| Hydration {
+                room: room.into(),
+                event: format!("{room}.update"),
+            }),
+        }
+    }
+
+    #[test]
+    fn keys_are_scoped_by_plugin() {
+        let cache = SnapshotCache::new(100);
+        cache.put(key("crypto", "k"), entry("1", 60_000, None));
+        assert!(cache.get(&key("crypto", "k")).is_some());
+        assert!(cache.get(&key("news", "k")).is_none());
+    }
+
+    #[test]
+    fn room_state_follows_puts_and_expiry() {
+        let cache = SnapshotCache::new(100);
+        cache.put(key("w", "delhi"), entry("{\"t\":1}", 60_000, Some("weather.delhi")));
+        cache.put(key("w", "mumbai"), entry("{\"t\":2}", 30, Some("weather.mumbai")));
+        let delhi = cache.room_state("weather.delhi");
+        assert_eq!(delhi.len(), 1);
+        assert_eq!(delhi[0].payload.get(), "{\"t\":1}");
+        assert_eq!(cache.room_state("weather.mumbai").len(), 1);
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(cache.room_state("weather.mumbai").is_empty(), "expired");
+        assert!(cache.room_state("weather.pune").is_empty());
+    }
+
+    #[test]
+    fn replacing_keeps_the_newest_and_invalidate_plugin_clears() {
+        let cache = SnapshotCache::new(100);
+        cache.put(key("c", "movers"), entry("1", 60_000, Some("crypto.global")));
+        cache.put(key("c", "movers"), entry("2", 60_000, Some("crypto.global")));
+        let state = cache.room_state("crypto.global");
+        assert_eq!(state.len(), 1);
+        assert_eq!(state[0].payload.get(), "2");
+        cache.invalidate_plugin("c");
+        assert!(cache.room_state("crypto.global").is_empty());
+    }
+}

@@ -1,0 +1,269 @@
+//! Gateway configuration: a TOML file, then `FLUX_*` environment variables, then CLI flags.
+//!
+//! Unknown keys are rejected so that a typo never silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the gateway reads at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP / Socket.IO listener binds.
+    pub listen: String,
+    /// Directory whose `*.wasm` files are loaded as plugins.
+    pub plugin_dir: PathBuf,
+    /// Window within which a repeated publish with the same dedupe key is dropped.
+    pub dedupe_window_ms: u64,
+    /// Log format: `human` or `json`.
+    pub log_format: LogFormat,
+    pub limits: PluginLimits,
+    pub cache: CacheConfig,
+    pub socket: SocketConfig,
+    /// Run the simulated upstream services on the embedded bus.
+    pub demo: DemoConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3000".into(),
+            plugin_dir: PathBuf::from("target/plugins"),
+            dedupe_window_ms: 2_000,
+            log_format: LogFormat::Human,
+            limits: PluginLimits::default(),
+            cache: CacheConfig::default(),
+            socket: SocketConfig::default(),
+            demo: DemoConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Limits applied to every guest call.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginLimits {
+    /// Wall-clock budget of one guest call before it is interrupted.
+    pub call_timeout_ms: u64,
+    /// Largest linear memory a plugin instance may grow to.
+    pub memory_mb: u64,
+    /// Most records passed to one `on-records` call.
+    pub max_batch: usize,
+}
+
+impl Default for PluginLimits {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: 250,
+            memory_mb: 64,
+            max_batch: 64,
+        }
+    }
+}
+
+impl PluginLimits {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+    pub fn memory_bytes(&self) -> usize {
+        usize::try_from(self.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Most cached entries across all plugins.
+    pub max_entries: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Packets buffered per socket before emits to it fail (a slow client).
+    pub max_buffer: usize,
+    /// Largest incoming payload.
+    pub max_payload_bytes: u64,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_buffer: 256,
+            max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The simulated upstream services; see [`crate::sim`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    pub enabled: bool,
+    pub ticker_every_ms: u64,
+    pub snapshot_every_ms: u64,
+    /// Delay before an upstream service answers a command, as a real one would.
+    pub answer_after_ms: u64,
+}
+
+impl Default for DemoConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            ticker_every_ms: 250,
+            snapshot_every_ms: 5_000,
+            answer_after_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value {value:?} for environment variable {name}: {message}")]
+    Env {
+        name: String,
+        value: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads `path` (if given), then applies `FLUX_*` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply_env(std::env::vars())?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// `FLUX_LISTEN`, `FLUX_PLUGIN_DIR`, `FLUX_DEDUPE_WINDOW_MS`, `FLUX_LOG_FORMAT`,
+    /// `FLUX_CALL_TIMEOUT_MS`, `FLUX_MEMORY_MB`, `FLUX_DEMO`.
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in vars {
+            let invalid = |message: String| ConfigError::Env {
+                name: name.clone(),
+                value: value.clone(),
+                message,
+            };
+            match name.as_str() {
+                "FLUX_LISTEN" => self.listen = value.clone(),
+                "FLUX_PLUGIN_DIR" => self.plugin_dir = PathBuf::from(&value),
+                "FLUX_DEDUPE_WINDOW_MS" => self.dedupe_window_ms = number(&value).map_err(invalid)?,
+                "FLUX_CALL_TIMEOUT_MS" => {
+                    self.limits.call_timeout_ms = number(&value).map_err(invalid)?
+                }
+                "FLUX_MEMORY_MB" => self.limits.memory_mb = number(&value).map_err(invalid)?,
+                "FLUX_LOG_FORMAT" => {
+                    self.log_format = match value.as_str() {
+                        "human" => LogFormat::Human,
+                        "json" => LogFormat::Json,
+                        _ => return Err(invalid("expected `human` or `json`".into())),
+                    }
+                }
+                "FLUX_DEMO" => {
+                    self.demo.enabled = match value.as_str() {
+                        "1" | "true" => true,
+                        "0" | "false" => false,
+                        _ => return Err(invalid("expected true or false".into())),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn dedupe_window(&self) -> Duration {
+        Duration::from_millis(self.dedupe_window_ms)
+    }
+}
+
+fn number(value: &str) -> Result<u64, String> {
+    value.parse().map_err(|e| format!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let err = Config::from_toml("listen = \"0.0.0.0:1\"\ndedupe_windw_ms = 5\n").unwrap_err();
+        assert!(err.contains("dedupe_windw_ms"), "{err}");
+        let err = Config::from_toml("[limits]\nmemory = 5\n").unwrap_err();
+        assert!(err.contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn file_values_then_env_overrides() {
+        let mut config =
+            Config::from_toml("dedupe_window_ms = 10\n[limits]\nmemory_mb = 8\n").unwrap();
+        assert_eq!(config.dedupe_window_ms, 10);
+        assert_eq!(config.limits.memory_mb, 8);
+        assert_eq!(config.limits.call_timeout_ms, 250, "defaults fill the rest");
+        config
+            .apply_env([
+                ("FLUX_DEDUPE_WINDOW_MS".to_string(), "99".to_string()),
+                ("FLUX_DEMO".to_string(), "true".to_string()),
+            ])
+            .unwrap();
+        assert_eq!(config.dedupe_window_ms, 99);
+        assert!(config.demo.enabled);
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let err = Config::default()
+            .apply_env([("FLUX_MEMORY_MB".to_string(), "lots".to_string())])
+            .unwrap_err();
+        assert!(err.to_string().contains("FLUX_MEMORY_MB"), "{err}");
+    }
+}

@@ -1,0 +1,255 @@
+//! Applying plugin actions: every action is checked against the plugin's manifest, then
+//! carried out on the sockets, the cache or the bus.
+//!
+//! Ordering: a room's live emits and a socket's join-and-hydrate for that room take the same
+//! (striped) lock, and both write synchronously into the sockets' ordered queues. So a socket
+//! either joins before a live event (and gets it live, after its snapshot) or after it (and
+//! gets it as its snapshot): a stale snapshot never arrives after a newer live event.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use parking_lot::{Mutex, MutexGuard};
+use serde_json::value::RawValue;
+use socketioxide::SocketIo;
+use socketioxide::extract::SocketRef;
+
+use crate::bus::{Bus, BusRecord, PublishError};
+use crate::cache::{Entry, Hydration, SnapshotCache};
+use crate::metrics::{self, Metrics};
+use crate::plugin::{Action, Manifest};
+
+const ROOM_GATE_STRIPES: usize = 256;
+
+/// Why an action was not carried out. Logged and counted against the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionRefused {
+    #[error("room {0:?} is not among the rooms it declared")]
+    UndeclaredRoom(String),
+    #[error("topic {0:?} is not among the topics it declared")]
+    UndeclaredTopic(String),
+    #[error("cache key {0:?} matches none of its cache policies")]
+    UndeclaredCacheKey(String),
+    #[error("{0} is only valid while answering a client request")]
+    NeedsSocket(&'static str),
+    #[error("{0} payload is not valid JSON")]
+    InvalidJson(&'static str),
+    #[error("publish to {topic:?} failed: {source}")]
+    Publish {
+        topic: String,
+        source: PublishError,
+    },
+}
+
+impl ActionRefused {
+    /// The `kind` label of `flux_plugin_errors_total`.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Publish { .. } => "publish",
+            _ => "invalid_action",
+        }
+    }
+}
+
+/// The socket whose request a plugin is answering.
+pub struct RequestContext {
+    pub socket: SocketRef,
+    /// The first reply's payload: what the client's acknowledgement callback receives.
+    pub first_reply: Option<Box<RawValue>>,
+}
+
+/// Striped locks that serialise, per room, live emits against join-and-hydrate.
+struct RoomGates {
+    stripes: Vec<Mutex<()>>,
+    hasher: RandomState,
+}
+
+impl RoomGates {
+    fn new() -> Self {
+        Self {
+            stripes: (0..ROOM_GATE_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn lock(&self, room: &str) -> MutexGuard<'_, ()> {
+        let stripe = self.hasher.hash_one(room) as usize % self.stripes.len();
+        self.stripes[stripe].lock()
+    }
+}
+
+pub struct Dispatcher {
+    io: SocketIo,
+    bus: Arc<dyn Bus>,
+    cache: Arc<SnapshotCache>,
+    metrics: Arc<Metrics>,
+    gates: RoomGates,
+    recent_publishes: moka::sync::Cache<(String, String), ()>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        io: SocketIo,
+        bus: Arc<dyn Bus>,
+        cache: Arc<SnapshotCache>,
+        metrics: Arc<Metrics>,
+        dedupe_window: Duration,
+    ) -> Self {
+        Self {
+            io,
+            bus,
+            cache,
+            metrics,
+            gates: RoomGates::new(),
+            recent_publishes: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(dedupe_window)
+                .build(),
+        }
+    }
+
+    /// Applies `actions` in order. A refused action is logged and counted, and the rest still
+    /// apply. Returns how many were refused.
+    pub fn apply(
+        &self,
+        manifest: &Manifest,
+        actions: Vec<Action>,
+        mut request: Option<&mut RequestContext>,
+    ) -> usize {
+        let mut refused = 0;
+        for action in actions {
+            if let Err(why) = self.apply_one(manifest, action, request.as_deref_mut()) {
+                refused += 1;
+                tracing::warn!(plugin = %manifest.name, version = %manifest.version, "action refused: {why}");
+                self.metrics
+                    .counter(
+                        metrics::PLUGIN_ERRORS,
+                        &[("plugin", &manifest.name), ("kind", why.kind())],
+                    )
+                    .inc();
+            }
+        }
+        refused
+    }
+
+    fn apply_one(
+        &self,
+        manifest: &Manifest,
+        action: Action,
+        request: Option<&mut RequestContext>,
+    ) -> Result<(), ActionRefused> {
+        match action {
+            Action::Emit(emit) => {
+                if !manifest.may_use_room(&emit.room) {
+                    return Err(ActionRefused::UndeclaredRoom(emit.room));
+                }
+                let payload = json(emit.payload, "emit")?;
+                self.emit_to_room(&emit.room, &emit.event, &payload);
+                Ok(())
+            }
+            Action::Reply(reply) => {
+                let request = request.ok_or(ActionRefused::NeedsSocket("reply"))?;
+                let payload = json(reply.payload, "reply")?;
+                // A closed or saturated socket is the client's problem, not the plugin's.
+                let _ = request.socket.emit(&reply.event, &*payload);
+                request.first_reply.get_or_insert(payload);
+                Ok(())
+            }
+            Action::Join(room) => {
+                let request = request.ok_or(ActionRefused::NeedsSocket("join"))?;
+                if !manifest.may_use_room(&room) {
+                    return Err(ActionRefused::UndeclaredRoom(room));
+                }
+                self.join_and_hydrate(&request.socket, room);
+                Ok(())
+            }
+            Action::CachePut(put) => {
+                let ttl = manifest
+                    .cache_ttl(&put.key)
+                    .ok_or_else(|| ActionRefused::UndeclaredCacheKey(put.key.clone()))?;
+                if let Some(hydrate) = &put.hydrate
+                    && !manifest.may_use_room(&hydrate.room)
+                {
+                    return Err(ActionRefused::UndeclaredRoom(hydrate.room.clone()));
+                }
+                let entry = Entry {
+                    payload: json(put.payload, "cache-put")?,
+                    ttl,
+                    hydrate: put.hydrate.map(|h| Hydration {
+                        room: h.room,
+                        event: h.event,
+                    }),
+                };
+                let _gate = entry.hydrate.as_ref().map(|h| self.gates.lock(&h.room));
+                self.cache
+                    .put((manifest.name.as_str().into(), put.key.into()), entry);
+                Ok(())
+            }
+            Action::CacheInvalidate(key) => {
+                if manifest.cache_ttl(&key).is_none() {
+                    return Err(ActionRefused::UndeclaredCacheKey(key));
+                }
+                self.cache
+                    .invalidate(&(manifest.name.as_str().into(), key.into()));
+                Ok(())
+            }
+            Action::Publish(publish) => {
+                if !manifest.may_publish(&publish.topic) {
+                    return Err(ActionRefused::UndeclaredTopic(publish.topic));
+                }
+                let payload = json(publish.payload, "publish")?;
+                if let Some(dedupe_key) = publish.dedupe_key {
+                    let seen = (publish.topic.clone(), dedupe_key);
+                    if !self.recent_publishes.entry(seen).or_insert(()).is_fresh() {
+                        self.metrics
+                            .counter(metrics::PUBLISH_DEDUPLICATED, &[("topic", &publish.topic)])
+                            .inc();
+                        return Ok(());
+                    }
+                }
+                let record =
+                    BusRecord::now(&publish.topic, publish.key.as_deref(), payload.get().to_owned());
+                self.bus
+                    .publish(record)
+                    .map_err(|source| ActionRefused::Publish {
+                        topic: publish.topic,
+                        source,
+                    })
+            }
+        }
+    }
+
+    fn emit_to_room(&self, room: &str, event: &str, payload: &RawValue) {
+        let _gate = self.gates.lock(room);
+        // The local adapter broadcasts synchronously: the future is ready on its first poll.
+        let sent = self
+            .io
+            .to(room.to_owned())
+            .emit(event, payload)
+            .now_or_never();
+        if let Some(Err(e)) = sent {
+            tracing::debug!(room, event, "some sockets missed a room event: {e}");
+        }
+        self.metrics.counter(metrics::ROOM_EMITS, &[]).inc();
+    }
+
+    /// Joins `socket` to `room` and sends it the room's cached state, atomically with respect
+    /// to the room's live emits.
+    pub fn join_and_hydrate(&self, socket: &SocketRef, room: String) {
+        let _gate = self.gates.lock(&room);
+        let state = self.cache.room_state(&room);
+        socket.join(room);
+        for entry in state {
+            if let Some(hydrate) = &entry.hydrate {
+                let _ = socket.emit(&hydrate.event, &*entry.payload);
+                self.metrics.counter(metrics::HYDRATIONS, &[]).inc();
+            }
+        }
+    }
+}
+
+fn json(payload: String, what: &'static str) -> Result<Box<RawValue>, ActionRefused> {
+    RawValue::from_string(payload).map_err(|_| ActionRefused::InvalidJson(what))
+}

@@ -1,0 +1,250 @@
+//! The Socket.IO side: connection logging, `getUserId`, and routing every other client event
+//! to the plugins that declared it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use futures_util::future::join_all;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use socketioxide::SocketIo;
+use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::socket::DisconnectReason;
+
+use crate::dispatch::{Dispatcher, RequestContext};
+use crate::metrics::{self, Metrics};
+use crate::plugin::{CallFailure, ClientRequest, PluginHandle, RequestError};
+
+/// How long a client request may wait for its plugins before the client gets an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest plugin message relayed to a client.
+const MAX_CLIENT_MESSAGE: usize = 200;
+
+/// The user id issued to a socket by `getUserId`.
+#[derive(Clone)]
+struct UserId(String);
+
+/// Why a plugin was not loaded, for `/admin/plugins`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Rejected {
+    pub file: String,
+    pub reason: String,
+}
+
+/// The loaded plugins, with client events routed to the plugins that handle them.
+#[derive(Default)]
+pub struct Registry {
+    pub plugins: Vec<PluginHandle>,
+    pub rejected: Vec<Rejected>,
+    by_event: HashMap<String, Vec<PluginHandle>>,
+}
+
+impl Registry {
+    pub fn new(plugins: Vec<PluginHandle>, rejected: Vec<Rejected>) -> Self {
+        let mut by_event: HashMap<String, Vec<PluginHandle>> = HashMap::new();
+        for plugin in &plugins {
+            for event in &plugin.manifest.handles {
+                by_event.entry(event.clone()).or_default().push(plugin.clone());
+            }
+        }
+        Self {
+            plugins,
+            rejected,
+            by_event,
+        }
+    }
+
+    fn handlers(&self, event: &str) -> &[PluginHandle] {
+        self.by_event.get(event).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// What every socket handler shares.
+pub struct Gateway {
+    pub registry: Registry,
+    pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Serves the default namespace of `io`.
+    pub fn attach(self: &Arc<Self>, io: &SocketIo) {
+        let gateway = self.clone();
+        io.ns("/", async move |socket: SocketRef| gateway.on_connect(socket));
+    }
+
+    fn on_connect(self: &Arc<Self>, socket: SocketRef) {
+        let parts = socket.req_parts();
+        let user_agent = parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "-".to_owned(), |info| info.0.to_string());
+        tracing::info!(
+            socket = %socket.id,
+            transport = ?socket.transport_type(),
+            remote = %remote,
+            user_agent,
+            "client connected"
+        );
+        let connected = self.metrics.gauge(metrics::SOCKETS_CONNECTED, &[]);
+        connected.inc();
+
+        socket.on("getUserId", get_user_id);
+        let gateway = self.clone();
+        socket.on_fallback(
+            move |socket: SocketRef, Event(event): Event, TryData(data): TryData<Value>, ack: AckSender| {
+                let gateway = gateway.clone();
+                async move { gateway.on_client_event(socket, event, data.ok(), ack).await }
+            },
+        );
+        socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
+            connected.dec();
+            tracing::info!(socket = %socket.id, reason = %reason, "client disconnected");
+        });
+    }
+
+    /// Routes a client event to every plugin that handles it, applies their actions in plugin
+    /// order, and answers the acknowledgement (first reply, else success, else the error).
+    async fn on_client_event(
+        &self,
+        socket: SocketRef,
+        event: String,
+        data: Option<Value>,
+        ack: AckSender,
+    ) {
+        let handlers = self.registry.handlers(&event);
+        let known = if handlers.is_empty() { "unknown" } else { "known" };
+        self.metrics
+            .counter(metrics::CLIENT_EVENTS, &[("kind", known)])
+            .inc();
+        if handlers.is_empty() {
+            let shown: String = event.chars().take(64).collect();
+            return answer_error(&socket, ack, &format!("unknown event {shown:?}"));
+        }
+        let Some(data) = data else {
+            return answer_error(&socket, ack, &format!("{event}: the payload is not valid JSON"));
+        };
+        let (payload, user_id) = split_arguments(data);
+        let user_id = user_id.or_else(|| socket.extensions.get::<UserId>().map(|u| u.0));
+        let request = ClientRequest {
+            event: event.clone(),
+            payload: payload.to_string(),
+            user_id,
+        };
+
+        let calls = handlers.iter().map(|plugin| {
+            let request = request.clone();
+            async move { tokio::time::timeout(REQUEST_TIMEOUT, plugin.on_request(request)).await }
+        });
+        let outcomes = join_all(calls).await;
+
+        let mut context = RequestContext {
+            socket: socket.clone(),
+            first_reply: None,
+        };
+        let mut problems = Vec::new();
+        for (plugin, outcome) in handlers.iter().zip(outcomes) {
+            let name = &plugin.manifest.name;
+            match outcome {
+                Ok(Ok(Ok(actions))) => {
+                    self.dispatcher
+                        .apply(&plugin.manifest, actions, Some(&mut context));
+                }
+                Ok(Ok(Err(RequestError::Invalid(message)))) => {
+                    problems.push(message.chars().take(MAX_CLIENT_MESSAGE).collect());
+                }
+                Ok(Ok(Err(RequestError::Internal(detail)))) => {
+                    tracing::warn!(plugin = %name, event = %event, "request failed: {detail}");
+                    problems.push(format!("the {name} service could not handle {event}"));
+                }
+                Ok(Err(failure)) => {
+                    let why = match failure {
+                        CallFailure::Unavailable => "is unavailable",
+                        _ => "could not handle the request",
+                    };
+                    problems.push(format!("the {name} service {why}"));
+                }
+                Err(_elapsed) => {
+                    tracing::warn!(plugin = %name, event = %event, "request timed out");
+                    problems.push(format!("the {name} service did not answer in time"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            let success = RawValue::from_string(r#"{"status":"success"}"#.into())
+                .expect("a JSON literal");
+            let _ = ack.send(&*context.first_reply.unwrap_or(success));
+        } else {
+            answer_error(&socket, ack, &format!("{event}: {}", problems.join("; ")));
+        }
+    }
+}
+
+/// `getUserId`: a server-generated UUID, as the ack and as a `userUniqueId` event, stable for
+/// the socket's lifetime.
+async fn get_user_id(socket: SocketRef, ack: AckSender) {
+    let id = match socket.extensions.get::<UserId>() {
+        Some(existing) => existing.0,
+        None => {
+            let fresh = uuid::Uuid::new_v4().to_string();
+            socket.extensions.insert(UserId(fresh.clone()));
+            fresh
+        }
+    };
+    let _ = socket.emit("userUniqueId", &id);
+    let _ = ack.send(&id);
+}
+
+/// The contract's error shape, on the `error` event and the acknowledgement.
+fn answer_error(socket: &SocketRef, ack: AckSender, message: &str) {
+    let payload = serde_json::json!({ "status": "error", "message": message });
+    let _ = socket.emit("error", &payload);
+    let _ = ack.send(&payload);
+}
+
+/// `emit(event, payload, userId)` arrives as `[payload, userId]`; `emit(event, payload)` as the
+/// payload. A `userId` field inside the payload counts too.
+fn split_arguments(data: Value) -> (Value, Option<String>) {
+    let (payload, second) = match data {
+        Value::Array(mut args) if args.len() == 2 && args[1].is_string() => {
+            let second = args.pop();
+            (args.pop().unwrap_or(Value::Null), second)
+        }
+        other => (other, None),
+    };
+    let user_id = match second {
+        Some(Value::String(id)) => Some(id),
+        _ => payload
+            .get("userId")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    };
+    (payload, user_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_arguments;
+    use serde_json::json;
+
+    #[test]
+    fn user_id_from_second_argument_or_payload() {
+        let (payload, user) = split_arguments(json!([{ "city": "Delhi" }, "u-1"]));
+        assert_eq!(payload, json!({ "city": "Delhi" }));
+        assert_eq!(user.as_deref(), Some("u-1"));
+        let (payload, user) = split_arguments(json!({ "city": "Delhi", "userId": "u-2" }));
+        assert_eq!(payload["city"], "Delhi");
+        assert_eq!(user.as_deref(), Some("u-2"));
+        let (payload, user) = split_arguments(json!({ "city": "Delhi" }));
+        assert_eq!(payload["city"], "Delhi");
+        assert_eq!(user, None);
+    }
+}

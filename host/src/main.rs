@@ -1,0 +1,86 @@
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use flux_gateway::config::{Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Flux Gateway: Socket.IO in front, domain plugins (WebAssembly components) behind.
+#[derive(Parser)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory of plugin `.wasm` files.
+    #[arg(long)]
+    plugin_dir: Option<PathBuf>,
+    /// Run the simulated upstream services on the embedded bus.
+    #[arg(long)]
+    demo: bool,
+    /// Log format.
+    #[arg(long, value_parser = ["human", "json"])]
+    log_format: Option<String>,
+    /// Window within which a repeated command is dropped, in milliseconds.
+    #[arg(long)]
+    dedupe_window_ms: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(listen) = cli.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = cli.plugin_dir {
+        config.plugin_dir = dir;
+    }
+    if let Some(format) = cli.log_format.as_deref() {
+        config.log_format = if format == "json" { LogFormat::Json } else { LogFormat::Human };
+    }
+    if let Some(window) = cli.dedupe_window_ms {
+        config.dedupe_window_ms = window;
+    }
+    config.demo.enabled |= cli.demo;
+
+    let filter = EnvFilter::try_from_env("FLUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Human => logs.init(),
+    }
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // Scripts and tests read this line to find the port.
+    println!("flux-gateway listening on http://{address}");
+    std::io::stdout().flush()?;
+
+    flux_gateway::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

@@ -1,0 +1,527 @@
+//! Running plugins: one wasmtime [`Engine`] per process, one compiled [`Component`] and
+//! pre-linked template per plugin version, and per plugin a worker thread that owns a reusable
+//! instance.
+//!
+//! Every guest call gets an epoch deadline and runs under a memory limit. A call that traps
+//! poisons its instance, so the worker drops it and instantiates a fresh one for the next call;
+//! the other plugins never notice. Guest code only ever runs on the workers, never on the async
+//! runtime's threads.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::flux::gateway::host::LogLevel;
+use super::bindings::{Plugin, PluginPre};
+use super::{
+    Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord,
+};
+use crate::cache::SnapshotCache;
+use crate::config::PluginLimits;
+use crate::metrics::{self, Counter, Histogram, Metrics};
+
+/// How often the epoch advances; call deadlines are measured in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Jobs queued for one plugin before callers wait (backpressure towards the bus and sockets).
+const JOB_QUEUE: usize = 1_024;
+/// Longest guest log line kept; a plugin cannot flood the log.
+const MAX_LOG_LINE: usize = 2_048;
+/// A component (not a core module) starts with this: magic, then layer 1.
+const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
+
+/// Why a plugin could not be loaded. Shown to the operator as is.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("not a WebAssembly file")]
+    NotWasm,
+    #[error("a core WebAssembly module, not a component: build with --target wasm32-wasip2")]
+    CoreModule,
+    #[error("does not compile: {0}")]
+    Compile(String),
+    #[error("built against {WIT_PACKAGE}@{plugin}, but this host implements {WIT_PACKAGE}@{host}")]
+    IncompatibleWit { plugin: String, host: String },
+    #[error("does not link against this host: {0}")]
+    Link(String),
+    #[error("failed while describing itself: {0}")]
+    Describe(String),
+    #[error("invalid description: {0}")]
+    InvalidDescription(String),
+}
+
+/// Why a guest call failed. The instance that failed has been discarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    #[error("exceeded its call deadline")]
+    Timeout,
+    #[error("exceeded its memory limit")]
+    OutOfMemory,
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("is not running")]
+    Unavailable,
+}
+
+impl CallFailure {
+    /// The `kind` label of `flux_plugin_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::OutOfMemory => "memory",
+            Self::Trap(_) => "trap",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Compiles, links and starts plugins. Cheap to share; owns the epoch ticker.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    limits: PluginLimits,
+    cache: Arc<SnapshotCache>,
+    metrics: Arc<Metrics>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginRuntime {
+    pub fn new(
+        limits: PluginLimits,
+        cache: Arc<SnapshotCache>,
+        metrics: Arc<Metrics>,
+    ) -> wasmtime::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed)
+            .max_wasm_stack(512 * 1024);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<GuestState, HasSelf<GuestState>>(&mut linker, |state| state)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, ticking) = (ticker_stop.clone(), engine.clone());
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })?;
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            cache,
+            metrics,
+            ticker_stop,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles and validates `wasm`, asks it to describe itself, and starts its worker.
+    /// Blocking (compilation takes milliseconds to seconds): call it off the async runtime.
+    pub fn load(&self, wasm: &[u8]) -> Result<PluginHandle, LoadError> {
+        if !wasm.starts_with(b"\0asm") {
+            return Err(LoadError::NotWasm);
+        }
+        if !wasm.starts_with(&COMPONENT_HEADER) {
+            return Err(LoadError::CoreModule);
+        }
+        let component = Component::new(&self.engine, wasm)
+            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.check_wit_version(&component)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(PluginPre::new)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+
+        let mut worker = Worker {
+            pre,
+            instance: None,
+            engine: self.engine.clone(),
+            limits: self.limits.clone(),
+            cache: self.cache.clone(),
+            identity: Identity::unnamed(),
+            deadline_ticks: deadline_ticks(self.limits.call_timeout()),
+            probes: None,
+        };
+        let info = worker
+            .call(|plugin, store| plugin.call_describe(store))
+            .map_err(|e| LoadError::Describe(e.to_string()))?;
+        let manifest = Arc::new(Manifest::from_info(info).map_err(LoadError::InvalidDescription)?);
+        worker.identity = Identity::of(&manifest);
+        worker.probes = Some(Probes::new(&self.metrics, &manifest.name));
+
+        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
+        std::thread::Builder::new()
+            .name(format!("plugin-{}", manifest.name))
+            .spawn(move || worker.serve(queue))
+            .map_err(|e| LoadError::Link(format!("cannot start its worker thread: {e}")))?;
+        Ok(PluginHandle { manifest, jobs })
+    }
+
+    /// Rejects a plugin built against an incompatible `flux:gateway` version with both
+    /// versions named, before the linker's less helpful "no matching implementation".
+    fn check_wit_version(&self, component: &Component) -> Result<(), LoadError> {
+        let ty = component.component_type();
+        let prefix = format!("{WIT_PACKAGE}/");
+        for (name, _) in ty.imports(&self.engine) {
+            let Some(versioned) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            let plugin = versioned.split_once('@').map(|(_, v)| v).unwrap_or("unversioned");
+            if !semver_compatible(plugin, WIT_VERSION) {
+                return Err(LoadError::IncompatibleWit {
+                    plugin: plugin.to_owned(),
+                    host: WIT_VERSION.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cargo's rule: same major, or for `0.x` the same minor.
+fn semver_compatible(plugin: &str, host: &str) -> bool {
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split(['.', '-', '+']);
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(plugin), parts(host)) {
+        (Some((0, p_minor)), Some((0, h_minor))) => p_minor == h_minor,
+        (Some((p_major, _)), Some((h_major, _))) => p_major == h_major,
+        _ => false,
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    // +1: the epoch may advance right after the deadline is set.
+    timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
+}
+
+/// A loaded plugin: its manifest and the queue to its worker. Clones share the worker, which
+/// stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct PluginHandle {
+    pub manifest: Arc<Manifest>,
+    jobs: mpsc::Sender<Job>,
+}
+
+/// One record's outcome: its actions, or why the plugin found it malformed.
+pub type RecordOutcome = Result<Vec<Action>, String>;
+
+enum Job {
+    Records(Vec<WitRecord>, oneshot::Sender<Result<Vec<RecordOutcome>, CallFailure>>),
+    Request(
+        ClientRequest,
+        oneshot::Sender<Result<Result<Vec<Action>, RequestError>, CallFailure>>,
+    ),
+    Timer(String, oneshot::Sender<Result<Vec<Action>, CallFailure>>),
+}
+
+impl PluginHandle {
+    pub async fn on_records(
+        &self,
+        records: Vec<WitRecord>,
+    ) -> Result<Vec<RecordOutcome>, CallFailure> {
+        self.ask(|reply| Job::Records(records, reply)).await
+    }
+
+    pub async fn on_request(
+        &self,
+        request: ClientRequest,
+    ) -> Result<Result<Vec<Action>, RequestError>, CallFailure> {
+        self.ask(|reply| Job::Request(request, reply)).await
+    }
+
+    pub async fn on_timer(&self, name: String) -> Result<Vec<Action>, CallFailure> {
+        self.ask(|reply| Job::Timer(name, reply)).await
+    }
+
+    async fn ask<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, CallFailure>>) -> Job,
+    ) -> Result<T, CallFailure> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(job(reply))
+            .await
+            .map_err(|_| CallFailure::Unavailable)?;
+        answer.await.map_err(|_| CallFailure::Unavailable)?
+    }
+}
+
+/// Who a worker runs, for logs.
+struct Identity {
+    name: Arc<str>,
+    version: Arc<str>,
+}
+
+impl Identity {
+    fn unnamed() -> Self {
+        Self {
+            name: "(loading)".into(),
+            version: "?".into(),
+        }
+    }
+    fn of(manifest: &Manifest) -> Self {
+        Self {
+            name: manifest.name.as_str().into(),
+            version: manifest.version.as_str().into(),
+        }
+    }
+}
+
+/// Metric handles a worker updates on every call, looked up once.
+struct Probes {
+    calls: Counter,
+    latency: Histogram,
+    replaced: Counter,
+    errors: [Counter; 4],
+}
+
+impl Probes {
+    fn new(metrics: &Metrics, plugin: &str) -> Self {
+        let labels = [("plugin", plugin)];
+        let error = |kind| metrics.counter(metrics::PLUGIN_ERRORS, &[("plugin", plugin), ("kind", kind)]);
+        Self {
+            calls: metrics.counter(metrics::PLUGIN_CALLS, &labels),
+            latency: metrics.histogram(metrics::PLUGIN_CALL_SECONDS, &labels),
+            replaced: metrics.counter(metrics::PLUGIN_INSTANCES_REPLACED, &labels),
+            errors: [
+                error(CallFailure::Timeout.kind()),
+                error(CallFailure::OutOfMemory.kind()),
+                error(CallFailure::Trap(String::new()).kind()),
+                error(CallFailure::Unavailable.kind()),
+            ],
+        }
+    }
+
+    fn error(&self, failure: &CallFailure) -> &Counter {
+        match failure {
+            CallFailure::Timeout => &self.errors[0],
+            CallFailure::OutOfMemory => &self.errors[1],
+            CallFailure::Trap(_) => &self.errors[2],
+            CallFailure::Unavailable => &self.errors[3],
+        }
+    }
+}
+
+struct Worker {
+    pre: PluginPre<GuestState>,
+    instance: Option<(Store<GuestState>, Plugin)>,
+    engine: Engine,
+    limits: PluginLimits,
+    cache: Arc<SnapshotCache>,
+    identity: Identity,
+    deadline_ticks: u64,
+    probes: Option<Probes>,
+}
+
+impl Worker {
+    fn serve(mut self, mut queue: mpsc::Receiver<Job>) {
+        while let Some(job) = queue.blocking_recv() {
+            // A caller that gave up has dropped its receiver; nothing to report then.
+            match job {
+                Job::Records(records, reply) => {
+                    let _ = reply.send(self.call(|p, s| p.call_on_records(s, &records)));
+                }
+                Job::Request(request, reply) => {
+                    let _ = reply.send(self.call(|p, s| p.call_on_request(s, &request)));
+                }
+                Job::Timer(name, reply) => {
+                    let _ = reply.send(self.call(|p, s| p.call_on_timer(s, &name)));
+                }
+            }
+        }
+    }
+
+    fn call<R>(
+        &mut self,
+        guest: impl FnOnce(&Plugin, &mut Store<GuestState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallFailure> {
+        if self.instance.is_none() {
+            let fresh = self.instantiate().map_err(|e| self.fail(&e))?;
+            self.instance = Some(fresh);
+        }
+        let Some((store, plugin)) = self.instance.as_mut() else {
+            unreachable!("instantiated just above");
+        };
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.data_mut().limiter.denied = false;
+        let started = Instant::now();
+        let result = guest(plugin, store);
+        if let Some(probes) = &self.probes {
+            probes.calls.inc();
+            probes.latency.observe(started.elapsed());
+        }
+        result.map_err(|e| self.fail(&e))
+    }
+
+    /// Classifies a failed call, logs it, and discards the (now poisoned) instance.
+    fn fail(&mut self, error: &wasmtime::Error) -> CallFailure {
+        let memory_denied = self
+            .instance
+            .as_ref()
+            .is_some_and(|(store, _)| store.data().limiter.denied);
+        let failure = if memory_denied {
+            CallFailure::OutOfMemory
+        } else {
+            match error.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => CallFailure::Timeout,
+                Some(trap) => CallFailure::Trap(trap.to_string()),
+                None => CallFailure::Trap(format!("{error:#}")),
+            }
+        };
+        tracing::warn!(
+            plugin = %self.identity.name,
+            version = %self.identity.version,
+            cause = %failure,
+            detail = %format!("{error:#}"),
+            "plugin call failed; its instance is replaced"
+        );
+        if let Some(probes) = &self.probes {
+            probes.error(&failure).inc();
+            if self.instance.is_some() {
+                probes.replaced.inc();
+            }
+        }
+        self.instance = None;
+        failure
+    }
+
+    fn instantiate(&self) -> wasmtime::Result<(Store<GuestState>, Plugin)> {
+        let state = GuestState {
+            // No preopened directories, environment, arguments or network: a plugin sees
+            // nothing of the host beyond the `host` interface.
+            wasi: WasiCtxBuilder::new().build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                max_bytes: self.limits.memory_bytes(),
+                denied: false,
+            },
+            plugin: self.identity.name.clone(),
+            version: self.identity.version.clone(),
+            cache: self.cache.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        let plugin = self.pre.instantiate(&mut store)?;
+        Ok((store, plugin))
+    }
+}
+
+/// Caps linear memory, and remembers a refused growth: a Rust guest whose allocation fails
+/// aborts with `unreachable`, which would otherwise look like a panic.
+struct MemoryLimiter {
+    max_bytes: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.max_bytes;
+        self.denied |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// What a plugin's store holds: a locked-down WASI context and its view of the host.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    plugin: Arc<str>,
+    version: Arc<str>,
+    cache: Arc<SnapshotCache>,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl super::bindings::flux::gateway::types::Host for GuestState {}
+
+impl super::bindings::flux::gateway::host::Host for GuestState {
+    fn cache_get(&mut self, key: String) -> Option<String> {
+        self.cache
+            .get(&(self.plugin.clone(), key.into()))
+            .map(|entry| entry.payload.get().to_owned())
+    }
+
+    fn log(&mut self, level: LogLevel, mut message: String) {
+        if message.len() > MAX_LOG_LINE {
+            let cut = (0..=MAX_LOG_LINE)
+                .rev()
+                .find(|i| message.is_char_boundary(*i))
+                .unwrap_or(0);
+            message.truncate(cut);
+        }
+        let (plugin, version) = (&*self.plugin, &*self.version);
+        match level {
+            LogLevel::Debug => tracing::debug!(plugin, version, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, version, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, version, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, version, "{message}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wit_versions_follow_cargo_semver() {
+        assert!(semver_compatible("0.1.0", "0.1.0"));
+        assert!(semver_compatible("0.1.7", "0.1.0"));
+        assert!(!semver_compatible("0.2.0", "0.1.0"));
+        assert!(semver_compatible("1.4.0", "1.0.0"));
+        assert!(!semver_compatible("2.0.0", "1.9.0"));
+        assert!(!semver_compatible("unversioned", "0.1.0"));
+    }
+
+    #[test]
+    fn deadlines_cover_the_timeout() {
+        assert_eq!(deadline_ticks(Duration::from_millis(250)), 51);
+        assert_eq!(deadline_ticks(Duration::from_millis(1)), 2);
+    }
+}

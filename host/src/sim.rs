@@ -1,0 +1,217 @@
+//! Simulated upstream domain services, so the default run shows live data with no external
+//! service. They play the weather, crypto, news and stock services: they only talk to the bus,
+//! exactly as the real ones talk to Kafka, and are off unless `demo.enabled`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+
+use crate::bus::{Bus, BusRecord, now_ms};
+use crate::config::DemoConfig;
+
+const COINS: [(&str, &str, f64); 6] = [
+    ("BTC", "Bitcoin", 97_000.0),
+    ("ETH", "Ethereum", 3_600.0),
+    ("SOL", "Solana", 210.0),
+    ("XRP", "XRP", 2.3),
+    ("ADA", "Cardano", 1.05),
+    ("DOGE", "Dogecoin", 0.41),
+];
+const STOCKS: [(&str, &str, f64); 5] = [
+    ("RELIANCE", "Reliance Industries", 2_950.0),
+    ("TCS", "Tata Consultancy Services", 4_100.0),
+    ("INFY", "Infosys", 1_880.0),
+    ("AAPL", "Apple", 232.0),
+    ("NVDA", "NVIDIA", 140.0),
+];
+const HEADLINES: [&str; 5] = [
+    "Monsoon arrives early over the western coast",
+    "Central bank holds rates steady",
+    "New metro line opens to commuters",
+    "Tech stocks rally on earnings",
+    "Record turnout at city marathon",
+];
+const CONDITIONS: [&str; 5] = ["clear", "partly cloudy", "overcast", "light rain", "haze"];
+
+/// Starts the simulated services as tasks in `tasks`.
+pub fn start(bus: Arc<dyn Bus>, config: &DemoConfig, tasks: &mut JoinSet<()>) {
+    let market = Arc::new(parking_lot::Mutex::new(Market::new()));
+    let answer_after = Duration::from_millis(config.answer_after_ms);
+
+    let (ticker_bus, ticker_market) = (bus.clone(), market.clone());
+    let every = Duration::from_millis(config.ticker_every_ms.max(1));
+    tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        let mut seq = 0u64;
+        loop {
+            ticks.tick().await;
+            seq += 1;
+            let tick = ticker_market.lock().tick(seq);
+            let key = tick["symbol"].as_str().map(str::to_owned);
+            publish(&*ticker_bus, "crypto.service.event.ticker", key.as_deref(), tick);
+        }
+    });
+
+    let (snapshot_bus, snapshot_market) = (bus.clone(), market.clone());
+    let every = Duration::from_millis(config.snapshot_every_ms.max(1));
+    tasks.spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            let mut market = snapshot_market.lock();
+            publish(&*snapshot_bus, "crypto.service.event.top-movers", Some("top-movers"), market.top_movers());
+            publish(&*snapshot_bus, "crypto.service.event.top-coins", Some("top-coins"), market.top_coins());
+            publish(&*snapshot_bus, "news.service.event.updated", Some("global"), market.news());
+        }
+    });
+
+    let commands = bus.subscribe(&[
+        "weather.service.command.fetch".into(),
+        "crypto.service.command.refresh".into(),
+        "news.service.command.refresh".into(),
+        "stock.service.command.refresh".into(),
+    ]);
+    tasks.spawn(async move {
+        let mut commands = commands;
+        while let Some(command) = commands.recv().await {
+            let (bus, market) = (bus.clone(), market.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(answer_after).await;
+                let answer = market.lock().answer(&command);
+                match answer {
+                    Some((topic, key, payload)) => publish(&*bus, topic, key.as_deref(), payload),
+                    None => tracing::warn!(topic = %command.topic, "simulated service ignored a command it could not read"),
+                }
+            });
+        }
+    });
+}
+
+fn publish(bus: &dyn Bus, topic: &str, key: Option<&str>, payload: Value) {
+    if let Err(e) = bus.publish(BusRecord::now(topic, key, payload.to_string())) {
+        tracing::warn!(topic, "simulated service could not publish: {e}");
+    }
+}
+
+/// A random walk over coin and stock prices (xorshift: no need for a crypto-grade RNG).
+struct Market {
+    rng: u64,
+    coins: Vec<f64>,
+    stocks: Vec<f64>,
+    news_edition: u64,
+}
+
+impl Market {
+    fn new() -> Self {
+        Self {
+            rng: now_ms() | 1,
+            coins: COINS.iter().map(|c| c.2).collect(),
+            stocks: STOCKS.iter().map(|s| s.2).collect(),
+            news_edition: 0,
+        }
+    }
+
+    /// Uniform in [-1, 1).
+    fn noise(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+    }
+
+    fn tick(&mut self, seq: u64) -> Value {
+        let i = (seq as usize) % COINS.len();
+        self.coins[i] *= 1.0 + self.noise() * 0.002;
+        json!({ "seq": seq, "symbol": COINS[i].0, "price": round2(self.coins[i]), "ts": now_ms() })
+    }
+
+    fn changes(&mut self) -> Vec<Value> {
+        let mut coins: Vec<Value> = COINS
+            .iter()
+            .zip(self.coins.clone())
+            .map(|((symbol, name, base), price)| {
+                let change = (price / base - 1.0) * 100.0 + self.noise() * 3.0;
+                json!({ "symbol": symbol, "name": name, "price": round2(price), "change24h": round2(change) })
+            })
+            .collect();
+        coins.sort_by(|a, b| b["change24h"].as_f64().partial_cmp(&a["change24h"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+        coins
+    }
+
+    fn top_movers(&mut self) -> Value {
+        let coins = self.changes();
+        let losers: Vec<Value> = coins.iter().rev().take(3).cloned().collect();
+        json!({ "topGainers": coins[..3], "topLosers": losers, "asOf": now_ms() })
+    }
+
+    fn top_coins(&mut self) -> Value {
+        json!({ "topCoins": self.changes(), "asOf": now_ms() })
+    }
+
+    fn news(&mut self) -> Value {
+        self.news_edition += 1;
+        let edition = self.news_edition;
+        let articles: Vec<Value> = (0..3)
+            .map(|i| {
+                let n = (edition as usize + i) % HEADLINES.len();
+                json!({ "id": format!("{edition}-{i}"), "title": HEADLINES[n], "source": "Flux Wire", "publishedAt": now_ms() })
+            })
+            .collect();
+        json!({ "scope": "global", "articles": articles })
+    }
+
+    fn top_performers(&mut self) -> Value {
+        let mut performers: Vec<Value> = STOCKS
+            .iter()
+            .enumerate()
+            .map(|(i, (symbol, name, base))| {
+                self.stocks[i] *= 1.0 + self.noise() * 0.01;
+                let change = (self.stocks[i] / base - 1.0) * 100.0;
+                json!({ "symbol": symbol, "name": name, "price": round2(self.stocks[i]), "changePercent": round2(change) })
+            })
+            .collect();
+        performers.sort_by(|a, b| b["changePercent"].as_f64().partial_cmp(&a["changePercent"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+        json!({ "performers": performers, "asOf": now_ms() })
+    }
+
+    fn weather(&mut self, command: &Value) -> Option<Value> {
+        let city = command["city"].as_str()?;
+        let key = command["cityKey"].as_str()?;
+        let climate = key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let base = 12.0 + (climate % 22) as f64;
+        Some(json!({
+            "city": city,
+            "country": command["country"],
+            "temperatureC": round2(base + self.noise() * 2.0),
+            "humidity": 40 + (climate % 50),
+            "windKph": round2(5.0 + self.noise().abs() * 20.0),
+            "condition": CONDITIONS[(climate as usize) % CONDITIONS.len()],
+            "observedAt": now_ms(),
+        }))
+    }
+
+    /// The event a service publishes in answer to `command`.
+    fn answer(&mut self, command: &BusRecord) -> Option<(&'static str, Option<String>, Value)> {
+        let body: Value = serde_json::from_str(&command.payload).ok()?;
+        match command.topic.as_str() {
+            "weather.service.command.fetch" => {
+                let weather = self.weather(&body)?;
+                Some(("weather.service.event.updated", command.key.clone(), weather))
+            }
+            "crypto.service.command.refresh" => match body["snapshot"].as_str()? {
+                "top-movers" => Some(("crypto.service.event.top-movers", Some("top-movers".into()), self.top_movers())),
+                "top-coins" => Some(("crypto.service.event.top-coins", Some("top-coins".into()), self.top_coins())),
+                _ => None,
+            },
+            "news.service.command.refresh" => Some(("news.service.event.updated", Some("global".into()), self.news())),
+            "stock.service.command.refresh" => Some(("stock.service.event.top-performers", Some("top-performers".into()), self.top_performers())),
+            _ => None,
+        }
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}

@@ -1,0 +1,45 @@
+//! A starting point for a new domain: copy this crate, rename it, and replace the topics,
+//! rooms and events. It relays `example.service.event.updated` records to `example.global`,
+//! keeps the latest one for hydration, and answers `exampleRequest` from cache.
+
+use flux_plugin_sdk::{
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError,
+    cache_for_room, cache_get, emit, join, loading, parse, reply, success,
+};
+use serde_json::Value;
+
+const ROOM: &str = "example.global";
+const TOPIC: &str = "example.service.event.updated";
+const CACHE_KEY: &str = "example.latest";
+const EVENT: &str = "exampleUpdate";
+
+struct Example;
+
+impl Plugin for Example {
+    fn describe() -> PluginInfo {
+        Describe::new("example", env!("CARGO_PKG_VERSION"))
+            .consumes(&[TOPIC])
+            .handles(&["exampleRequest"])
+            .rooms(&[ROOM])
+            .cache("example.", 60_000)
+            .build()
+    }
+
+    fn on_record(record: &BusRecord) -> Result<Vec<Action>, String> {
+        let data: Value = parse(&record.payload)?;
+        let payload = success(&data);
+        Ok(vec![
+            cache_for_room(CACHE_KEY, ROOM, EVENT, payload.clone()),
+            emit(ROOM, EVENT, payload),
+        ])
+    }
+
+    fn on_request(_request: &ClientRequest) -> Result<Vec<Action>, RequestError> {
+        Ok(match cache_get(CACHE_KEY) {
+            Some(cached) => vec![reply(EVENT, cached)],
+            None => vec![reply(EVENT, loading("No data yet")), join(ROOM)],
+        })
+    }
+}
+
+flux_plugin_sdk::plugin!(Example);
