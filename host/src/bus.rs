@@ -109,7 +109,10 @@ impl Bus for EmbeddedBus {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let mut subscribers = self.subscribers.write();
         for topic in topics {
-            subscribers.entry(topic.clone()).or_default().push(tx.clone());
+            subscribers
+                .entry(topic.clone())
+                .or_default()
+                .push(tx.clone());
         }
         rx
     }

@@ -37,7 +37,12 @@ pub struct SnapshotCache {
 struct PerEntryTtl;
 
 impl moka::Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
-    fn expire_after_create(&self, _: &CacheKey, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &CacheKey,
+        entry: &Arc<Entry>,
+        _: Instant,
+    ) -> Option<Duration> {
         Some(entry.ttl)
     }
     fn expire_after_update(
@@ -157,8 +162,14 @@ mod tests {
     #[test]
     fn room_state_follows_puts_and_expiry() {
         let cache = SnapshotCache::new(100);
-        cache.put(key("w", "delhi"), entry("{\"t\":1}", 60_000, Some("weather.delhi")));
-        cache.put(key("w", "mumbai"), entry("{\"t\":2}", 30, Some("weather.mumbai")));
+        cache.put(
+            key("w", "delhi"),
+            entry("{\"t\":1}", 60_000, Some("weather.delhi")),
+        );
+        cache.put(
+            key("w", "mumbai"),
+            entry("{\"t\":2}", 30, Some("weather.mumbai")),
+        );
         let delhi = cache.room_state("weather.delhi");
         assert_eq!(delhi.len(), 1);
         assert_eq!(delhi[0].payload.get(), "{\"t\":1}");
@@ -171,8 +182,14 @@ mod tests {
     #[test]
     fn replacing_keeps_the_newest_and_invalidate_plugin_clears() {
         let cache = SnapshotCache::new(100);
-        cache.put(key("c", "movers"), entry("1", 60_000, Some("crypto.global")));
-        cache.put(key("c", "movers"), entry("2", 60_000, Some("crypto.global")));
+        cache.put(
+            key("c", "movers"),
+            entry("1", 60_000, Some("crypto.global")),
+        );
+        cache.put(
+            key("c", "movers"),
+            entry("2", 60_000, Some("crypto.global")),
+        );
         let state = cache.room_state("crypto.global");
         assert_eq!(state.len(), 1);
         assert_eq!(state[0].payload.get(), "2");

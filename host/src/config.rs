@@ -196,7 +196,9 @@ impl Config {
             match name.as_str() {
                 "FLUX_LISTEN" => self.listen = value.clone(),
                 "FLUX_PLUGIN_DIR" => self.plugin_dir = PathBuf::from(&value),
-                "FLUX_DEDUPE_WINDOW_MS" => self.dedupe_window_ms = number(&value).map_err(invalid)?,
+                "FLUX_DEDUPE_WINDOW_MS" => {
+                    self.dedupe_window_ms = number(&value).map_err(invalid)?
+                }
                 "FLUX_CALL_TIMEOUT_MS" => {
                     self.limits.call_timeout_ms = number(&value).map_err(invalid)?
                 }

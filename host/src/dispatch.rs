@@ -37,10 +37,7 @@ pub enum ActionRefused {
     #[error("{0} payload is not valid JSON")]
     InvalidJson(&'static str),
     #[error("publish to {topic:?} failed: {source}")]
-    Publish {
-        topic: String,
-        source: PublishError,
-    },
+    Publish { topic: String, source: PublishError },
 }
 
 impl ActionRefused {
@@ -209,8 +206,11 @@ impl Dispatcher {
                         return Ok(());
                     }
                 }
-                let record =
-                    BusRecord::now(&publish.topic, publish.key.as_deref(), payload.get().to_owned());
+                let record = BusRecord::now(
+                    &publish.topic,
+                    publish.key.as_deref(),
+                    payload.get().to_owned(),
+                );
                 self.bus
                     .publish(record)
                     .map_err(|source| ActionRefused::Publish {
@@ -222,10 +222,14 @@ impl Dispatcher {
     }
 
     fn emit_to_room(&self, room: &str, event: &str, payload: &RawValue) {
+        // `io.to` panics while no namespace is attached; a record must never take its
+        // consumer down, so look the namespace up instead.
+        let Some(namespace) = self.io.of("/") else {
+            return;
+        };
         let _gate = self.gates.lock(room);
         // The local adapter broadcasts synchronously: the future is ready on its first poll.
-        let sent = self
-            .io
+        let sent = namespace
             .to(room.to_owned())
             .emit(event, payload)
             .now_or_never();

@@ -2,16 +2,19 @@
 //! to the plugins that declared it.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use futures_util::future::join_all;
+use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 
 use crate::dispatch::{Dispatcher, RequestContext};
@@ -47,7 +50,10 @@ impl Registry {
         let mut by_event: HashMap<String, Vec<PluginHandle>> = HashMap::new();
         for plugin in &plugins {
             for event in &plugin.manifest.handles {
-                by_event.entry(event.clone()).or_default().push(plugin.clone());
+                by_event
+                    .entry(event.clone())
+                    .or_default()
+                    .push(plugin.clone());
             }
         }
         Self {
@@ -73,10 +79,17 @@ impl Gateway {
     /// Serves the default namespace of `io`.
     pub fn attach(self: &Arc<Self>, io: &SocketIo) {
         let gateway = self.clone();
-        io.ns("/", async move |socket: SocketRef| gateway.on_connect(socket));
+        // socketioxide sends the CONNECT packet before it runs the connect handler, so a client
+        // emitting at once could reach a socket with no handlers yet. Middleware runs before
+        // CONNECT is sent: register everything there.
+        let prepare = move |socket: SocketRef| {
+            gateway.prepare(socket);
+            async { Ok::<(), Infallible>(()) }
+        };
+        io.ns("/", connected.with(prepare));
     }
 
-    fn on_connect(self: &Arc<Self>, socket: SocketRef) {
+    fn prepare(self: &Arc<Self>, socket: SocketRef) {
         let parts = socket.req_parts();
         let user_agent = parts
             .headers
@@ -100,14 +113,17 @@ impl Gateway {
         socket.on("getUserId", get_user_id);
         let gateway = self.clone();
         socket.on_fallback(
-            move |socket: SocketRef, Event(event): Event, TryData(data): TryData<Value>, ack: AckSender| {
+            move |socket: SocketRef,
+                  Event(event): Event,
+                  TryData(args): TryData<Arguments>,
+                  ack: AckSender| {
                 let gateway = gateway.clone();
-                async move { gateway.on_client_event(socket, event, data.ok(), ack).await }
+                async move { gateway.on_client_event(socket, event, args.ok(), ack).await }
             },
         );
         socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
             connected.dec();
-            tracing::info!(socket = %socket.id, reason = %reason, "client disconnected");
+            tracing::info!(socket = %socket.id, reason = disconnect_reason(reason), "client disconnected");
         });
     }
 
@@ -117,11 +133,15 @@ impl Gateway {
         &self,
         socket: SocketRef,
         event: String,
-        data: Option<Value>,
+        args: Option<Arguments>,
         ack: AckSender,
     ) {
         let handlers = self.registry.handlers(&event);
-        let known = if handlers.is_empty() { "unknown" } else { "known" };
+        let known = if handlers.is_empty() {
+            "unknown"
+        } else {
+            "known"
+        };
         self.metrics
             .counter(metrics::CLIENT_EVENTS, &[("kind", known)])
             .inc();
@@ -129,10 +149,14 @@ impl Gateway {
             let shown: String = event.chars().take(64).collect();
             return answer_error(&socket, ack, &format!("unknown event {shown:?}"));
         }
-        let Some(data) = data else {
-            return answer_error(&socket, ack, &format!("{event}: the payload is not valid JSON"));
+        let Some(Arguments(args)) = args else {
+            return answer_error(
+                &socket,
+                ack,
+                &format!("{event}: the payload is not valid JSON"),
+            );
         };
-        let (payload, user_id) = split_arguments(data);
+        let (payload, user_id) = split_arguments(args);
         let user_id = user_id.or_else(|| socket.extensions.get::<UserId>().map(|u| u.0));
         let request = ClientRequest {
             event: event.clone(),
@@ -179,14 +203,17 @@ impl Gateway {
             }
         }
         if problems.is_empty() {
-            let success = RawValue::from_string(r#"{"status":"success"}"#.into())
-                .expect("a JSON literal");
+            let success =
+                RawValue::from_string(r#"{"status":"success"}"#.into()).expect("a JSON literal");
             let _ = ack.send(&*context.first_reply.unwrap_or(success));
         } else {
             answer_error(&socket, ack, &format!("{event}: {}", problems.join("; ")));
         }
     }
 }
+
+/// Everything happens in [`Gateway::prepare`], before the client learns it is connected.
+async fn connected() {}
 
 /// `getUserId`: a server-generated UUID, as the ack and as a `userUniqueId` event, stable for
 /// the socket's lifetime.
@@ -203,6 +230,21 @@ async fn get_user_id(socket: SocketRef, ack: AckSender) {
     let _ = ack.send(&id);
 }
 
+/// The disconnect reason in the contract's words (those of the Socket.IO client).
+fn disconnect_reason(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport close",
+        DisconnectReason::TransportError | DisconnectReason::MultipleHttpPollingError => {
+            "transport error"
+        }
+        DisconnectReason::PacketParsingError => "parse error",
+        DisconnectReason::HeartbeatTimeout => "ping timeout",
+        DisconnectReason::ClientNSDisconnect => "client disconnect",
+        DisconnectReason::ServerNSDisconnect => "server disconnect",
+        DisconnectReason::ClosingServer => "server shutting down",
+    }
+}
+
 /// The contract's error shape, on the `error` event and the acknowledgement.
 fn answer_error(socket: &SocketRef, ack: AckSender, message: &str) {
     let payload = serde_json::json!({ "status": "error", "message": message });
@@ -210,17 +252,36 @@ fn answer_error(socket: &SocketRef, ack: AckSender, message: &str) {
     let _ = ack.send(&payload);
 }
 
-/// `emit(event, payload, userId)` arrives as `[payload, userId]`; `emit(event, payload)` as the
-/// payload. A `userId` field inside the payload counts too.
-fn split_arguments(data: Value) -> (Value, Option<String>) {
-    let (payload, second) = match data {
-        Value::Array(mut args) if args.len() == 2 && args[1].is_string() => {
-            let second = args.pop();
-            (args.pop().unwrap_or(Value::Null), second)
+/// Every argument of a client event. socketioxide passes only the first argument to a
+/// non-tuple type, so this asks for a tuple and takes however many arrived.
+pub struct Arguments(Vec<Value>);
+
+impl<'de> Deserialize<'de> for Arguments {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Collect;
+        impl<'de> Visitor<'de> for Collect {
+            type Value = Vec<Value>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("event arguments")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<Value>, S::Error> {
+                let mut args = Vec::new();
+                while let Some(arg) = seq.next_element()? {
+                    args.push(arg);
+                }
+                Ok(args)
+            }
         }
-        other => (other, None),
-    };
-    let user_id = match second {
+        deserializer.deserialize_tuple(2, Collect).map(Arguments)
+    }
+}
+
+/// The payload is the first argument (`null` when none). The user id is the second argument
+/// when it is a string (`emit(event, payload, userId)`), else a `userId` field of the payload.
+fn split_arguments(args: Vec<Value>) -> (Value, Option<String>) {
+    let mut args = args.into_iter();
+    let payload = args.next().unwrap_or(Value::Null);
+    let user_id = match args.next() {
         Some(Value::String(id)) => Some(id),
         _ => payload
             .get("userId")
@@ -237,14 +298,21 @@ mod tests {
 
     #[test]
     fn user_id_from_second_argument_or_payload() {
-        let (payload, user) = split_arguments(json!([{ "city": "Delhi" }, "u-1"]));
+        let (payload, user) = split_arguments(vec![json!({ "city": "Delhi" }), json!("u-1")]);
         assert_eq!(payload, json!({ "city": "Delhi" }));
         assert_eq!(user.as_deref(), Some("u-1"));
-        let (payload, user) = split_arguments(json!({ "city": "Delhi", "userId": "u-2" }));
+        let (payload, user) = split_arguments(vec![json!({ "city": "Delhi", "userId": "u-2" })]);
         assert_eq!(payload["city"], "Delhi");
         assert_eq!(user.as_deref(), Some("u-2"));
-        let (payload, user) = split_arguments(json!({ "city": "Delhi" }));
-        assert_eq!(payload["city"], "Delhi");
+        let (payload, user) = split_arguments(vec![json!([1, 2])]);
+        assert_eq!(
+            payload,
+            json!([1, 2]),
+            "a lone array argument stays the payload"
+        );
+        assert_eq!(user, None);
+        let (payload, user) = split_arguments(Vec::new());
+        assert_eq!(payload, json!(null));
         assert_eq!(user, None);
     }
 }

@@ -30,7 +30,10 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(json!({ "ready": loaded > 0, "plugins": loaded })))
+    (
+        status,
+        Json(json!({ "ready": loaded > 0, "plugins": loaded })),
+    )
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {

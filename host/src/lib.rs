@@ -51,10 +51,7 @@ pub enum RunError {
     #[error("cannot start the plugin runtime: {0}")]
     Runtime(String),
     #[error("cannot read the plugin directory {dir}: {source}")]
-    PluginDir {
-        dir: String,
-        source: std::io::Error,
-    },
+    PluginDir { dir: String, source: std::io::Error },
     #[error("server error: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -157,8 +154,14 @@ pub async fn load_plugins(
         .await
         .unwrap_or_else(|e| Err(format!("loader crashed: {e}")));
         let outcome = outcome.and_then(|plugin| {
-            match plugins.iter().find(|p| p.manifest.name == plugin.manifest.name) {
-                Some(_) => Err(format!("a plugin named {:?} is already loaded", plugin.manifest.name)),
+            match plugins
+                .iter()
+                .find(|p| p.manifest.name == plugin.manifest.name)
+            {
+                Some(_) => Err(format!(
+                    "a plugin named {:?} is already loaded",
+                    plugin.manifest.name
+                )),
                 None => Ok(plugin),
             }
         });
@@ -170,7 +173,10 @@ pub async fn load_plugins(
             }
             Err(reason) => {
                 tracing::error!(file = %shown, "plugin rejected: {reason}");
-                rejected.push(Rejected { file: shown, reason });
+                rejected.push(Rejected {
+                    file: shown,
+                    reason,
+                });
             }
         }
     }

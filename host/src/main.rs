@@ -1,4 +1,4 @@
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -41,7 +41,11 @@ async fn main() -> anyhow::Result<()> {
         config.plugin_dir = dir;
     }
     if let Some(format) = cli.log_format.as_deref() {
-        config.log_format = if format == "json" { LogFormat::Json } else { LogFormat::Human };
+        config.log_format = if format == "json" {
+            LogFormat::Json
+        } else {
+            LogFormat::Human
+        };
     }
     if let Some(window) = cli.dedupe_window_ms {
         config.dedupe_window_ms = window;
@@ -49,7 +53,10 @@ async fn main() -> anyhow::Result<()> {
     config.demo.enabled |= cli.demo;
 
     let filter = EnvFilter::try_from_env("FLUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Human => logs.init(),

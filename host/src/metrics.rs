@@ -24,8 +24,8 @@ pub const CLIENT_EVENTS: &str = "flux_client_events_total";
 pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
 
 const LATENCY_BUCKETS: [f64; 12] = [
-    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025,
-    0.1, 1.0,
+    0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
+    1.0,
 ];
 
 #[derive(Clone, Default)]
@@ -191,8 +191,12 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.counter(PLUGIN_CALLS, &[("plugin", "weather")]).add(3);
-        metrics.counter(PLUGIN_CALLS, &[("plugin", "weather")]).inc();
+        metrics
+            .counter(PLUGIN_CALLS, &[("plugin", "weather")])
+            .add(3);
+        metrics
+            .counter(PLUGIN_CALLS, &[("plugin", "weather")])
+            .inc();
         metrics.gauge(SOCKETS_CONNECTED, &[]).inc();
         metrics
             .histogram(PLUGIN_CALL_SECONDS, &[("plugin", "w")])

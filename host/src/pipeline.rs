@@ -91,7 +91,11 @@ impl Consumer {
     fn apply(&self, topics: &[String], outcomes: Vec<RecordOutcome>) {
         let manifest = &self.plugin.manifest;
         if outcomes.len() != topics.len() {
-            let reason = format!("returned {} results for {} records", outcomes.len(), topics.len());
+            let reason = format!(
+                "returned {} results for {} records",
+                outcomes.len(),
+                topics.len()
+            );
             topics.iter().for_each(|topic| self.failed(topic, &reason));
             return;
         }
@@ -99,7 +103,10 @@ impl Consumer {
             match outcome {
                 Ok(actions) => {
                     self.metrics
-                        .counter(metrics::RECORDS, &[("plugin", &manifest.name), ("topic", topic)])
+                        .counter(
+                            metrics::RECORDS,
+                            &[("plugin", &manifest.name), ("topic", topic)],
+                        )
                         .inc();
                     self.dispatcher.apply(manifest, actions, None);
                 }
@@ -112,7 +119,10 @@ impl Consumer {
         let plugin = &self.plugin.manifest.name;
         tracing::warn!(plugin = %plugin, topic, "record not processed: {reason}");
         self.metrics
-            .counter(metrics::RECORDS_FAILED, &[("plugin", plugin), ("topic", topic)])
+            .counter(
+                metrics::RECORDS_FAILED,
+                &[("plugin", plugin), ("topic", topic)],
+            )
             .inc();
     }
 }

@@ -50,20 +50,42 @@ pub fn start(bus: Arc<dyn Bus>, config: &DemoConfig, tasks: &mut JoinSet<()>) {
             seq += 1;
             let tick = ticker_market.lock().tick(seq);
             let key = tick["symbol"].as_str().map(str::to_owned);
-            publish(&*ticker_bus, "crypto.service.event.ticker", key.as_deref(), tick);
+            publish(
+                &*ticker_bus,
+                "crypto.service.event.ticker",
+                key.as_deref(),
+                tick,
+            );
         }
     });
 
     let (snapshot_bus, snapshot_market) = (bus.clone(), market.clone());
     let every = Duration::from_millis(config.snapshot_every_ms.max(1));
     tasks.spawn(async move {
-        let mut ticks = tokio::time::interval(every);
+        // The first snapshots come one period in, as from a service that has just started:
+        // until then, requests find the cache cold.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             ticks.tick().await;
             let mut market = snapshot_market.lock();
-            publish(&*snapshot_bus, "crypto.service.event.top-movers", Some("top-movers"), market.top_movers());
-            publish(&*snapshot_bus, "crypto.service.event.top-coins", Some("top-coins"), market.top_coins());
-            publish(&*snapshot_bus, "news.service.event.updated", Some("global"), market.news());
+            publish(
+                &*snapshot_bus,
+                "crypto.service.event.top-movers",
+                Some("top-movers"),
+                market.top_movers(),
+            );
+            publish(
+                &*snapshot_bus,
+                "crypto.service.event.top-coins",
+                Some("top-coins"),
+                market.top_coins(),
+            );
+            publish(
+                &*snapshot_bus,
+                "news.service.event.updated",
+                Some("global"),
+                market.news(),
+            );
         }
     });
 
@@ -136,7 +158,12 @@ impl Market {
                 json!({ "symbol": symbol, "name": name, "price": round2(price), "change24h": round2(change) })
             })
             .collect();
-        coins.sort_by(|a, b| b["change24h"].as_f64().partial_cmp(&a["change24h"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+        coins.sort_by(|a, b| {
+            b["change24h"]
+                .as_f64()
+                .partial_cmp(&a["change24h"].as_f64())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         coins
     }
 
@@ -172,14 +199,21 @@ impl Market {
                 json!({ "symbol": symbol, "name": name, "price": round2(self.stocks[i]), "changePercent": round2(change) })
             })
             .collect();
-        performers.sort_by(|a, b| b["changePercent"].as_f64().partial_cmp(&a["changePercent"].as_f64()).unwrap_or(std::cmp::Ordering::Equal));
+        performers.sort_by(|a, b| {
+            b["changePercent"]
+                .as_f64()
+                .partial_cmp(&a["changePercent"].as_f64())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        });
         json!({ "performers": performers, "asOf": now_ms() })
     }
 
     fn weather(&mut self, command: &Value) -> Option<Value> {
         let city = command["city"].as_str()?;
         let key = command["cityKey"].as_str()?;
-        let climate = key.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let climate = key
+            .bytes()
+            .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
         let base = 12.0 + (climate % 22) as f64;
         Some(json!({
             "city": city,
@@ -198,15 +232,35 @@ impl Market {
         match command.topic.as_str() {
             "weather.service.command.fetch" => {
                 let weather = self.weather(&body)?;
-                Some(("weather.service.event.updated", command.key.clone(), weather))
+                Some((
+                    "weather.service.event.updated",
+                    command.key.clone(),
+                    weather,
+                ))
             }
             "crypto.service.command.refresh" => match body["snapshot"].as_str()? {
-                "top-movers" => Some(("crypto.service.event.top-movers", Some("top-movers".into()), self.top_movers())),
-                "top-coins" => Some(("crypto.service.event.top-coins", Some("top-coins".into()), self.top_coins())),
+                "top-movers" => Some((
+                    "crypto.service.event.top-movers",
+                    Some("top-movers".into()),
+                    self.top_movers(),
+                )),
+                "top-coins" => Some((
+                    "crypto.service.event.top-coins",
+                    Some("top-coins".into()),
+                    self.top_coins(),
+                )),
                 _ => None,
             },
-            "news.service.command.refresh" => Some(("news.service.event.updated", Some("global".into()), self.news())),
-            "stock.service.command.refresh" => Some(("stock.service.event.top-performers", Some("top-performers".into()), self.top_performers())),
+            "news.service.command.refresh" => Some((
+                "news.service.event.updated",
+                Some("global".into()),
+                self.news(),
+            )),
+            "stock.service.command.refresh" => Some((
+                "stock.service.event.top-performers",
+                Some("top-performers".into()),
+                self.top_performers(),
+            )),
             _ => None,
         }
     }

@@ -86,10 +86,17 @@ impl Manifest {
             .chain(&info.handles)
             .chain(&info.publishes)
             .chain(&info.rooms);
-        if let Some(bad) = all_names.into_iter().find(|s| s.is_empty() || s.len() > 249) {
+        if let Some(bad) = all_names
+            .into_iter()
+            .find(|s| s.is_empty() || s.len() > 249)
+        {
             return Err(format!("{bad:?} is not a usable topic, event or room name"));
         }
-        if let Some(bad) = info.rooms.iter().find(|r| r.trim_end_matches('*').is_empty()) {
+        if let Some(bad) = info
+            .rooms
+            .iter()
+            .find(|r| r.trim_end_matches('*').is_empty())
+        {
             return Err(format!("room pattern {bad:?} would match every room"));
         }
         let mut caches = Vec::new();
@@ -100,7 +107,10 @@ impl Manifest {
                     policy.key_prefix
                 ));
             }
-            caches.push((policy.key_prefix.clone(), Duration::from_millis(policy.ttl_ms)));
+            caches.push((
+                policy.key_prefix.clone(),
+                Duration::from_millis(policy.ttl_ms),
+            ));
         }
         // The longest prefix wins when policies overlap.
         caches.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
@@ -179,7 +189,10 @@ mod tests {
         let m = Manifest::from_info(info()).unwrap();
         assert!(m.may_use_room("weather.delhi"));
         assert!(m.may_use_room("alerts"));
-        assert!(!m.may_use_room("weather."), "a prefix needs something after it");
+        assert!(
+            !m.may_use_room("weather."),
+            "a prefix needs something after it"
+        );
         assert!(!m.may_use_room("crypto.global"));
         assert!(!m.may_use_room("alerts.x"));
         assert!(m.may_publish("weather.service.command.fetch"));

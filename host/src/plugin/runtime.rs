@@ -18,9 +18,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::flux::gateway::host::LogLevel;
 use super::bindings::{Plugin, PluginPre};
-use super::{
-    Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord,
-};
+use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord};
 use crate::cache::SnapshotCache;
 use crate::config::PluginLimits;
 use crate::metrics::{self, Counter, Histogram, Metrics};
@@ -144,8 +142,8 @@ impl PluginRuntime {
         if !wasm.starts_with(&COMPONENT_HEADER) {
             return Err(LoadError::CoreModule);
         }
-        let component = Component::new(&self.engine, wasm)
-            .map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         self.check_wit_version(&component)?;
         let pre = self
             .linker
@@ -168,6 +166,12 @@ impl PluginRuntime {
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let manifest = Arc::new(Manifest::from_info(info).map_err(LoadError::InvalidDescription)?);
         worker.identity = Identity::of(&manifest);
+        if let Some((store, _)) = worker.instance.as_mut() {
+            // The instance that described the plugin serves on: give it the plugin's identity,
+            // which scopes its cache reads and tags its logs.
+            store.data_mut().plugin = worker.identity.name.clone();
+            store.data_mut().version = worker.identity.version.clone();
+        }
         worker.probes = Some(Probes::new(&self.metrics, &manifest.name));
 
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
@@ -187,7 +191,10 @@ impl PluginRuntime {
             let Some(versioned) = name.strip_prefix(&prefix) else {
                 continue;
             };
-            let plugin = versioned.split_once('@').map(|(_, v)| v).unwrap_or("unversioned");
+            let plugin = versioned
+                .split_once('@')
+                .map(|(_, v)| v)
+                .unwrap_or("unversioned");
             if !semver_compatible(plugin, WIT_VERSION) {
                 return Err(LoadError::IncompatibleWit {
                     plugin: plugin.to_owned(),
@@ -229,7 +236,10 @@ pub struct PluginHandle {
 pub type RecordOutcome = Result<Vec<Action>, String>;
 
 enum Job {
-    Records(Vec<WitRecord>, oneshot::Sender<Result<Vec<RecordOutcome>, CallFailure>>),
+    Records(
+        Vec<WitRecord>,
+        oneshot::Sender<Result<Vec<RecordOutcome>, CallFailure>>,
+    ),
     Request(
         ClientRequest,
         oneshot::Sender<Result<Result<Vec<Action>, RequestError>, CallFailure>>,
@@ -301,7 +311,12 @@ struct Probes {
 impl Probes {
     fn new(metrics: &Metrics, plugin: &str) -> Self {
         let labels = [("plugin", plugin)];
-        let error = |kind| metrics.counter(metrics::PLUGIN_ERRORS, &[("plugin", plugin), ("kind", kind)]);
+        let error = |kind| {
+            metrics.counter(
+                metrics::PLUGIN_ERRORS,
+                &[("plugin", plugin), ("kind", kind)],
+            )
+        };
         Self {
             calls: metrics.counter(metrics::PLUGIN_CALLS, &labels),
             latency: metrics.histogram(metrics::PLUGIN_CALL_SECONDS, &labels),

@@ -2,8 +2,8 @@
 //! top-movers / top-coins snapshots.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError,
-    cache_for_room, cache_get, emit, join, loading, parse, publish_once, reply, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
+    cache_get, emit, join, loading, parse, publish_once, reply, success,
 };
 use serde_json::{Map, Value, json};
 
@@ -44,11 +44,19 @@ impl Plugin for Crypto {
             }
             TOP_MOVERS_TOPIC => {
                 let data = snapshot(&record.payload, &["topGainers", "topLosers"])?;
-                Ok(cache_and_emit(TOP_MOVERS_KEY, TOP_MOVERS_EVENT, success(&data)))
+                Ok(cache_and_emit(
+                    TOP_MOVERS_KEY,
+                    TOP_MOVERS_EVENT,
+                    success(&data),
+                ))
             }
             TOP_COINS_TOPIC => {
                 let data = snapshot(&record.payload, &["topCoins"])?;
-                Ok(cache_and_emit(TOP_COINS_KEY, TOP_COINS_EVENT, success(&data)))
+                Ok(cache_and_emit(
+                    TOP_COINS_KEY,
+                    TOP_COINS_EVENT,
+                    success(&data),
+                ))
             }
             other => Err(format!("unexpected topic {other}")),
         }
@@ -74,11 +82,16 @@ impl Plugin for Crypto {
                 Some(cached) => vec![reply(TOP_COINS_EVENT, cached)],
                 // The next top-coins event answers: the socket is in the room for it.
                 None => vec![
-                    reply(TOP_COINS_EVENT, loading("Waiting for the next top coins update")),
+                    reply(
+                        TOP_COINS_EVENT,
+                        loading("Waiting for the next top coins update"),
+                    ),
                     join(ROOM),
                 ],
             }),
-            other => Err(RequestError::Invalid(format!("{other} is not a crypto event"))),
+            other => Err(RequestError::Invalid(format!(
+                "{other} is not a crypto event"
+            ))),
         }
     }
 }

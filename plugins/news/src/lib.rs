@@ -1,8 +1,8 @@
 //! News domain: the `news.global` room and its cached headline list.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError,
-    cache_for_room, cache_get, emit, join, loading, parse, publish_once, reply, scoped_success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
+    cache_get, emit, join, loading, parse, publish_once, reply, scoped_success,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -57,7 +57,9 @@ impl Plugin for News {
                     ),
                 ],
             }),
-            other => Err(RequestError::Invalid(format!("{other} is not a news event"))),
+            other => Err(RequestError::Invalid(format!(
+                "{other} is not a news event"
+            ))),
         }
     }
 }

@@ -82,10 +82,14 @@ macro_rules! plugin {
             }
             fn on_records(
                 records: ::std::vec::Vec<$crate::BusRecord>,
-            ) -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String>>
-            {
+            ) -> ::std::vec::Vec<
+                ::std::result::Result<::std::vec::Vec<$crate::Action>, ::std::string::String>,
+            > {
                 $crate::install_panic_logger();
-                records.iter().map(<$plugin as $crate::Plugin>::on_record).collect()
+                records
+                    .iter()
+                    .map(<$plugin as $crate::Plugin>::on_record)
+                    .collect()
             }
             fn on_request(
                 request: $crate::ClientRequest,
@@ -107,7 +111,9 @@ macro_rules! plugin {
 pub fn install_panic_logger() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
-        std::panic::set_hook(Box::new(|info| log(LogLevel::Error, &format!("panic: {info}"))));
+        std::panic::set_hook(Box::new(|info| {
+            log(LogLevel::Error, &format!("panic: {info}"))
+        }));
     });
 }
 

@@ -2,8 +2,8 @@
 //! from cache only; a timer asks the stock service for a refresh in the background.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError,
-    cache_for_room, cache_get, emit, join, loading, parse, publish_once, reply, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
+    cache_get, emit, join, loading, parse, publish_once, reply, success,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -56,7 +56,9 @@ impl Plugin for Stocks {
                     join(ROOM),
                 ],
             }),
-            other => Err(RequestError::Invalid(format!("{other} is not a stock event"))),
+            other => Err(RequestError::Invalid(format!(
+                "{other} is not a stock event"
+            ))),
         }
     }
 

@@ -3,8 +3,8 @@
 //! keeps the latest one for hydration, and answers `exampleRequest` from cache.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError,
-    cache_for_room, cache_get, emit, join, loading, parse, reply, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
+    cache_get, emit, join, loading, parse, reply, success,
 };
 use serde_json::Value;
 

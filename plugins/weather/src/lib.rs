@@ -5,8 +5,8 @@
 //! `weather.new-delhi`, event `weather.new-delhi.update`).
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError,
-    cache_for_room, emit, join, parse, publish_once, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
+    emit, join, parse, publish_once, success,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -48,7 +48,8 @@ impl Plugin for Weather {
     }
 
     fn on_request(request: &ClientRequest) -> Result<Vec<Action>, RequestError> {
-        let location: Location = parse(&request.payload).map_err(RequestError::Invalid)?;
+        let location: Location = parse(&request.payload)
+            .map_err(|_| RequestError::Invalid("expected a location object with a city".into()))?;
         let key = city_key(&location.city).ok_or_else(|| {
             RequestError::Invalid(format!(
                 "city must have 1 to {MAX_CITY_CHARS} letters or digits"

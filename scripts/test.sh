@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The whole test suite: lints, Rust unit and integration tests, plugin unit tests, and the
+# end-to-end tests with the official socket.io-client. Installs what it needs (idempotently)
+# and exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "toolchain and tools"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt-get update -qq && apt-get install -y -qq nodejs npm
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+step "guests: domain plugins and fixtures (wasm32-wasip2)"
+scripts/build-plugins.sh
+
+step "format and lints"
+cargo fmt --all -- --check
+cargo fmt --manifest-path plugins/Cargo.toml --all -- --check
+cargo fmt --manifest-path tests/fixtures/Cargo.toml --all -- --check
+cargo clippy --quiet --workspace --all-targets -- -D warnings
+cargo clippy --quiet --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --all-targets -- -D warnings
+
+step "plugin unit tests"
+cargo test --quiet --manifest-path plugins/Cargo.toml --workspace
+
+step "host unit tests and runtime-limit tests"
+cargo build --quiet -p flux-gateway
+cargo test --workspace
+
+step "end-to-end: the client contract with socket.io-client"
+(cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
+(cd tests/e2e && node --test --test-concurrency=1)

@@ -1,0 +1,270 @@
+// The whole client contract (shared/flux-socket-events.md), driven with the official
+// socket.io-client against a real gateway process running the domain plugins and the
+// simulated upstream services.
+
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import { connect, delhi, mumbai, nextEvent, request, sleep, startGateway } from "./harness.mjs";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+const SNAPSHOT_EVENTS = ["cryptoTopMoversResponse", "cryptoTopCoinsResponse", "newsUpdate", "stockTopPerformersResponse"];
+
+function assertSuccess(payload, check = () => {}) {
+  assert.equal(payload.status, "success", JSON.stringify(payload));
+  check(payload.data);
+}
+
+function assertErrorShape(payload) {
+  assert.deepEqual(Object.keys(payload).sort(), ["message", "status"]);
+  assert.equal(payload.status, "error");
+  assert.ok(payload.message.length > 0);
+  assert.doesNotMatch(payload.message, /line \d+ column|wasm|panicked|backtrace/i, "no internals leak");
+}
+
+const shapes = {
+  cryptoTopMoversResponse: (p) =>
+    assertSuccess(p, (d) => {
+      assert.ok(Array.isArray(d.topGainers) && d.topGainers.length > 0);
+      assert.ok(Array.isArray(d.topLosers) && d.topLosers.length > 0);
+    }),
+  cryptoTopCoinsResponse: (p) => assertSuccess(p, (d) => assert.ok(Array.isArray(d.topCoins) && d.topCoins.length > 0)),
+  newsUpdate: (p) => {
+    assertSuccess(p, (d) => assert.ok(Array.isArray(d) && d.length > 0 && d[0].title));
+    assert.equal(p.scope, "global");
+  },
+  stockTopPerformersResponse: (p) => assertSuccess(p, (d) => assert.ok(Array.isArray(d) && d.length > 0 && d[0].symbol)),
+};
+
+describe("a warm gateway", () => {
+  let gateway;
+  const sockets = [];
+  const open = async () => {
+    const socket = await connect(gateway.url);
+    sockets.push(socket);
+    return socket;
+  };
+
+  before(async () => {
+    gateway = await startGateway(
+      "[demo]\nenabled = true\nticker_every_ms = 100\nsnapshot_every_ms = 500\nanswer_after_ms = 20\n",
+    );
+    const warm = await open();
+    await request(warm, "userLocationUpdate", delhi);
+    for (const event of SNAPSHOT_EVENTS) await nextEvent(warm, event);
+    await nextEvent(warm, "weather.delhi.update");
+  });
+
+  after(async () => {
+    for (const socket of sockets) socket.close();
+    if (gateway) await gateway.stop();
+  });
+
+  test("getUserId answers a server UUID as the ack and as userUniqueId", async () => {
+    const socket = await open();
+    const event = nextEvent(socket, "userUniqueId");
+    const ack = await request(socket, "getUserId");
+    assert.match(ack, UUID);
+    assert.equal(await event, ack);
+    assert.equal(await request(socket, "getUserId"), ack, "stable for the connection");
+    const other = await open();
+    assert.notEqual(await request(other, "getUserId"), ack, "unique per client");
+  });
+
+  test("userLocationUpdate hydrates every joined room before it is acknowledged", async () => {
+    const socket = await open();
+    const userId = await request(socket, "getUserId");
+    const ack = await request(socket, "userLocationUpdate", delhi, userId);
+    assert.equal(ack.status, "success");
+    // Hydration is written to the socket before the ack: the cached state is already here.
+    const arrived = socket.received.map((e) => e.event);
+    for (const event of [...SNAPSHOT_EVENTS, "weather.delhi.update"]) {
+      assert.ok(arrived.includes(event), `hydrated with ${event}; got ${arrived}`);
+    }
+    for (const event of SNAPSHOT_EVENTS) shapes[event](await nextEvent(socket, event));
+    assertSuccess(await nextEvent(socket, "weather.delhi.update"), (d) => {
+      assert.equal(d.city, "Delhi");
+      assert.equal(typeof d.temperatureC, "number");
+    });
+  });
+
+  test("live pushes: the ticker relayed, never cached, and snapshots refreshed", async () => {
+    const socket = await open();
+    await request(socket, "userLocationUpdate", mumbai);
+    const since = socket.received.length;
+    const first = await nextEvent(socket, "cryptoTickerResponse", { since });
+    assertSuccess(first, (d) => {
+      assert.equal(typeof d.symbol, "string");
+      assert.equal(typeof d.price, "number");
+    });
+    const later = await nextEvent(socket, "cryptoTickerResponse", { since, accept: (p) => p.data.seq > first.data.seq });
+    assert.ok(later.data.seq > first.data.seq);
+    for (const event of SNAPSHOT_EVENTS.filter((e) => e !== "stockTopPerformersResponse")) {
+      shapes[event](await nextEvent(socket, event, { since }));
+    }
+    const fresh = await open();
+    await request(fresh, "userLocationUpdate", mumbai);
+    assert.ok(!fresh.received.some((e) => e.event === "cryptoTickerResponse" && e.args[0].data.seq <= first.data.seq),
+      "a joining client is not replayed old ticks");
+  });
+
+  test("the four request events are answered from the cache", async () => {
+    const socket = await open();
+    for (const [ask, answer] of [
+      ["cryptoTopMoversRequest", "cryptoTopMoversResponse"],
+      ["cryptoTopCoinsRequest", "cryptoTopCoinsResponse"],
+      ["topNewsRequest", "newsUpdate"],
+      ["stockTopPerformersRequest", "stockTopPerformersResponse"],
+    ]) {
+      const since = socket.received.length;
+      const ack = await request(socket, ask);
+      shapes[answer](ack);
+      shapes[answer](await nextEvent(socket, answer, { since }));
+    }
+  });
+
+  test("a client receives only the rooms it joined", async () => {
+    const inDelhi = await open();
+    const inMumbai = await open();
+    const idle = await open();
+    await request(inDelhi, "userLocationUpdate", delhi, "user-delhi");
+    await request(inMumbai, "userLocationUpdate", mumbai, "user-mumbai");
+    // A moved location is a new fetch: Mumbai gets a live update that Delhi must not see.
+    const since = inMumbai.received.length;
+    await request(inMumbai, "userLocationUpdate", { ...mumbai, lat: "19.10" }, "user-mumbai");
+    await nextEvent(inMumbai, "weather.mumbai.update", { since });
+    await nextEvent(inDelhi, "cryptoTickerResponse");
+    await sleep(300);
+    assert.ok(!inDelhi.received.some((e) => e.event.startsWith("weather.mumbai")), "Delhi never gets Mumbai's weather");
+    assert.ok(!inMumbai.received.some((e) => e.event.startsWith("weather.delhi")), "Mumbai never gets Delhi's weather");
+    assert.deepEqual(idle.received, [], "a client that joined nothing receives nothing");
+  });
+
+  test("city names are normalised into one room", async () => {
+    const socket = await open();
+    const ack = await request(socket, "userLocationUpdate", { ...delhi, city: "  new   DELHI " }, "user-nd");
+    assert.equal(ack.status, "success");
+    assertSuccess(await nextEvent(socket, "weather.new-delhi.update"), (d) => assert.equal(d.cityKey, "new-delhi"));
+  });
+
+  test("rapid duplicate location updates publish one fetch command", async () => {
+    const fetches = () => gateway.metric("flux_bus_published_total", 'topic="weather.service.command.fetch"');
+    const socket = await open();
+    const before = await fetches();
+    const pune = { city: "Pune", region: "Maharashtra", country: "IN", lat: "18.52", lon: "73.85" };
+    await Promise.all(Array.from({ length: 5 }, () => request(socket, "userLocationUpdate", pune, "user-pune")));
+    assert.equal(await fetches(), before + 1, "five duplicates, one command");
+    assert.ok((await gateway.metric("flux_publish_deduplicated_total", 'topic="weather.service.command.fetch"')) >= 4);
+    await request(socket, "userLocationUpdate", { ...pune, lat: "18.60" }, "user-pune");
+    assert.equal(await fetches(), before + 2, "a new location is not a duplicate");
+    await request(socket, "userLocationUpdate", pune, "another-user");
+    assert.equal(await fetches(), before + 3, "another user is not a duplicate");
+  });
+
+  test("malformed payloads are answered with an error and the connection stays up", async () => {
+    const socket = await open();
+    const cases = [
+      ["userLocationUpdate", "garbage"],
+      ["userLocationUpdate", { city: "" }],
+      ["userLocationUpdate", { city: "Delhi", lat: "north" }],
+      ["userLocationUpdate", { city: "Delhi", lon: 500 }],
+      ["userLocationUpdate", null],
+      ["noSuchEvent", { x: 1 }],
+    ];
+    for (const [event, payload] of cases) {
+      const since = socket.received.length;
+      const ack = await request(socket, event, payload);
+      assertErrorShape(ack);
+      assert.deepEqual(await nextEvent(socket, "error", { since }), ack, "also sent as an error event");
+    }
+    assert.ok(socket.connected);
+    assert.match(await request(socket, "getUserId"), UUID, "still served");
+    assert.equal(socket.received.filter((e) => e.event.startsWith("weather.")).length, 0, "no room joined");
+  });
+
+  test("two clients at once receive the same live stream", async () => {
+    const [a, b] = await Promise.all([open(), open()]);
+    await Promise.all([request(a, "userLocationUpdate", delhi), request(b, "userLocationUpdate", mumbai)]);
+    const [sinceA, sinceB] = [a.received.length, b.received.length];
+    const tickA = await nextEvent(a, "cryptoTickerResponse", { since: sinceA });
+    const tickB = await nextEvent(b, "cryptoTickerResponse", { since: sinceB, accept: (p) => p.data.seq === tickA.data.seq });
+    assert.deepEqual(tickB, tickA);
+  });
+
+  test("operations: health, readiness, metrics and connection logs", async () => {
+    assert.equal((await fetch(`${gateway.url}/healthz`)).status, 200);
+    const ready = await (await fetch(`${gateway.url}/readyz`)).json();
+    assert.equal(ready.plugins, 4);
+    assert.ok((await gateway.metric("flux_sockets_connected")) >= 1);
+    const plugins = await (await fetch(`${gateway.url}/admin/plugins`)).json();
+    assert.deepEqual(plugins.plugins.map((p) => p.name).sort(), ["crypto", "news", "stocks", "weather"]);
+    const socket = await open();
+    socket.close();
+    await sleep(200);
+    assert.match(gateway.logs(), /client connected.*transport=Websocket.*remote=127\.0\.0\.1:\d+.*user_agent=/);
+    assert.match(gateway.logs(), /client disconnected.*reason="client disconnect"/);
+    const text = await (await fetch(`${gateway.url}/metrics`)).text();
+    assert.doesNotMatch(text, /delhi|mumbai|user-/i, "no high-cardinality labels");
+  });
+});
+
+describe("a cold gateway", () => {
+  let gateway;
+  const sockets = [];
+  const open = async () => {
+    const socket = await connect(gateway.url);
+    sockets.push(socket);
+    return socket;
+  };
+
+  before(async () => {
+    // Snapshots only after 4 s: until then the cache is cold unless a refresh fills it.
+    gateway = await startGateway(
+      "[demo]\nenabled = true\nticker_every_ms = 100\nsnapshot_every_ms = 4000\nanswer_after_ms = 50\n",
+    );
+  });
+
+  after(async () => {
+    for (const socket of sockets) socket.close();
+    if (gateway) await gateway.stop();
+  });
+
+  test("cryptoTopMoversRequest: loading, one refresh for many clients, then success", async () => {
+    const refreshes = () => gateway.metric("flux_bus_published_total", 'topic="crypto.service.command.refresh"');
+    const clients = await Promise.all(Array.from({ length: 5 }, open));
+    const acks = await Promise.all(clients.map((c) => request(c, "cryptoTopMoversRequest")));
+    for (const ack of acks) {
+      assert.equal(ack.status, "loading");
+      assert.ok(ack.message.length > 0);
+    }
+    assert.equal(await refreshes(), 1, "single flight: one refresh command");
+    for (const client of clients) shapes.cryptoTopMoversResponse(await nextEvent(client, "cryptoTopMoversResponse", { accept: (p) => p.status === "success" }));
+    shapes.cryptoTopMoversResponse(await request(clients[0], "cryptoTopMoversRequest"));
+  });
+
+  test("topNewsRequest: loading, then the refreshed news", async () => {
+    const socket = await open();
+    const ack = await request(socket, "topNewsRequest");
+    assert.equal(ack.status, "loading");
+    shapes.newsUpdate(await nextEvent(socket, "newsUpdate", { accept: (p) => p.status === "success" }));
+    assert.equal(await gateway.metric("flux_bus_published_total", 'topic="news.service.command.refresh"'), 1);
+  });
+
+  test("cryptoTopCoinsRequest: loading without a refresh, then the next event answers", async () => {
+    const socket = await open();
+    const refreshesBefore = await gateway.metric("flux_bus_published_total", 'topic="crypto.service.command.refresh"');
+    const ack = await request(socket, "cryptoTopCoinsRequest");
+    assert.equal(ack.status, "loading");
+    assert.equal(await gateway.metric("flux_bus_published_total", 'topic="crypto.service.command.refresh"'), refreshesBefore);
+    shapes.cryptoTopCoinsResponse(
+      await nextEvent(socket, "cryptoTopCoinsResponse", { timeout: 8_000, accept: (p) => p.status === "success" }),
+    );
+  });
+
+  test("stockTopPerformersRequest never triggers a refresh; the scheduler does", async () => {
+    const refreshes = () => gateway.metric("flux_bus_published_total", 'topic="stock.service.command.refresh"');
+    assert.equal(await refreshes(), 1, "the scheduler refreshed once at start");
+    const socket = await open();
+    for (let i = 0; i < 3; i++) shapes.stockTopPerformersResponse(await request(socket, "stockTopPerformersRequest"));
+    assert.equal(await refreshes(), 1, "requests are served from cache only");
+  });
+});

@@ -1,0 +1,234 @@
+//! The plugin runtime's limits, exercised with a fixture plugin that misbehaves on demand:
+//! each failure costs only the failing call, and the other plugins keep serving.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flux_gateway::bus::{Bus, BusRecord, EmbeddedBus};
+use flux_gateway::cache::SnapshotCache;
+use flux_gateway::config::PluginLimits;
+use flux_gateway::dispatch::Dispatcher;
+use flux_gateway::metrics::{self, Metrics};
+use flux_gateway::pipeline;
+use flux_gateway::plugin::{
+    Action, CallFailure, ClientRequest, LoadError, PluginHandle, PluginRuntime, WitRecord,
+};
+use flux_tests::wasm;
+use tokio::task::JoinSet;
+
+const CALL_TIMEOUT: Duration = Duration::from_millis(100);
+
+struct Host {
+    runtime: PluginRuntime,
+    metrics: Arc<Metrics>,
+    cache: Arc<SnapshotCache>,
+}
+
+fn host() -> Host {
+    let metrics = Arc::new(Metrics::default());
+    let cache = Arc::new(SnapshotCache::new(1_000));
+    let limits = PluginLimits {
+        call_timeout_ms: CALL_TIMEOUT.as_millis() as u64,
+        memory_mb: 16,
+        max_batch: 64,
+    };
+    let runtime = PluginRuntime::new(limits, cache.clone(), metrics.clone()).unwrap();
+    Host {
+        runtime,
+        metrics,
+        cache,
+    }
+}
+
+fn record(command: &str) -> WitRecord {
+    WitRecord {
+        topic: "fixture.commands".into(),
+        key: Some(command.into()),
+        payload: format!("\"{command}\""),
+        timestamp_ms: 0,
+    }
+}
+
+/// The other plugin that must keep serving: crypto answers a request with a cache miss.
+async fn crypto_still_serves(crypto: &PluginHandle) {
+    let request = ClientRequest {
+        event: "cryptoTopCoinsRequest".into(),
+        payload: "null".into(),
+        user_id: None,
+    };
+    let actions = tokio::time::timeout(Duration::from_secs(5), crypto.on_request(request))
+        .await
+        .expect("crypto answers in time")
+        .expect("crypto's call succeeds")
+        .expect("crypto accepts the request");
+    assert!(
+        matches!(actions.first(), Some(Action::Reply(_))),
+        "{actions:?}"
+    );
+}
+
+/// The misbehaving instance was replaced: the same plugin serves its next record.
+async fn fixture_recovers(fixture: &PluginHandle) {
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(5),
+        fixture.on_records(vec![record("ok")]),
+    )
+    .await
+    .expect("answers in time")
+    .expect("a fresh instance serves");
+    assert_eq!(outcomes.len(), 1);
+    assert!(outcomes[0].as_ref().is_ok_and(|actions| actions.len() == 1));
+}
+
+fn load_both(host: &Host) -> (PluginHandle, PluginHandle) {
+    let fixture = host.runtime.load(&wasm("flux_fixture_misbehave")).unwrap();
+    let crypto = host.runtime.load(&wasm("flux_crypto")).unwrap();
+    (fixture, crypto)
+}
+
+fn errors(host: &Host, kind: &str) -> u64 {
+    host.metrics
+        .counter(
+            metrics::PLUGIN_ERRORS,
+            &[("plugin", "misbehave"), ("kind", kind)],
+        )
+        .get()
+}
+
+#[tokio::test]
+async fn an_infinite_loop_is_interrupted_at_the_deadline() {
+    let host = host();
+    let (fixture, crypto) = load_both(&host);
+    let started = Instant::now();
+    let failure = fixture.on_records(vec![record("loop")]).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(failure, CallFailure::Timeout);
+    assert!(took >= CALL_TIMEOUT, "interrupted early: {took:?}");
+    assert!(took < CALL_TIMEOUT * 10, "interrupted late: {took:?}");
+    assert_eq!(errors(&host, "timeout"), 1);
+    crypto_still_serves(&crypto).await;
+    fixture_recovers(&fixture).await;
+}
+
+#[tokio::test]
+async fn a_memory_hog_is_stopped_at_its_limit() {
+    let host = host();
+    let (fixture, crypto) = load_both(&host);
+    let failure = fixture.on_records(vec![record("hog")]).await.unwrap_err();
+    assert_eq!(failure, CallFailure::OutOfMemory);
+    assert_eq!(errors(&host, "memory"), 1);
+    crypto_still_serves(&crypto).await;
+    fixture_recovers(&fixture).await;
+}
+
+#[tokio::test]
+async fn a_panic_traps_only_that_call() {
+    let host = host();
+    let (fixture, crypto) = load_both(&host);
+    let failure = fixture.on_records(vec![record("panic")]).await.unwrap_err();
+    assert!(matches!(failure, CallFailure::Trap(_)), "{failure:?}");
+    assert_eq!(errors(&host, "trap"), 1);
+    assert_eq!(
+        host.metrics
+            .counter(
+                metrics::PLUGIN_INSTANCES_REPLACED,
+                &[("plugin", "misbehave")]
+            )
+            .get(),
+        1
+    );
+    crypto_still_serves(&crypto).await;
+    fixture_recovers(&fixture).await;
+}
+
+#[tokio::test]
+async fn an_emit_into_an_undeclared_room_is_refused() {
+    let host = host();
+    let (fixture, _crypto) = load_both(&host);
+    let (_layer, io) = socketioxide::SocketIo::new_layer();
+    let bus = Arc::new(EmbeddedBus::new(host.metrics.clone()));
+    let dispatcher = Dispatcher::new(
+        io,
+        bus,
+        host.cache.clone(),
+        host.metrics.clone(),
+        Duration::from_secs(1),
+    );
+
+    let mut outcomes = fixture
+        .on_records(vec![record("rogue"), record("ok")])
+        .await
+        .unwrap();
+    let ok = outcomes.pop().unwrap().unwrap();
+    let rogue = outcomes.pop().unwrap().unwrap();
+    assert!(matches!(&rogue[0], Action::Emit(e) if e.room == "crypto.global"));
+    assert_eq!(
+        dispatcher.apply(&fixture.manifest, rogue, None),
+        1,
+        "forged crypto emit refused"
+    );
+    assert_eq!(
+        dispatcher.apply(&fixture.manifest, ok, None),
+        0,
+        "its own room is fine"
+    );
+    assert_eq!(errors(&host, "invalid_action"), 1);
+}
+
+#[tokio::test]
+async fn a_poison_record_in_a_batch_costs_only_itself() {
+    let host = host();
+    let fixture = host.runtime.load(&wasm("flux_fixture_misbehave")).unwrap();
+    let (_layer, io) = socketioxide::SocketIo::new_layer();
+    let bus = Arc::new(EmbeddedBus::new(host.metrics.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(
+        io,
+        bus.clone(),
+        host.cache.clone(),
+        host.metrics.clone(),
+        Duration::from_secs(1),
+    ));
+    let mut tasks = JoinSet::new();
+    pipeline::start(
+        fixture,
+        &*bus,
+        dispatcher,
+        host.metrics.clone(),
+        64,
+        &mut tasks,
+    );
+
+    for command in ["ok", "ok", "panic", "ok", "nonsense", "ok"] {
+        bus.publish(BusRecord::now(
+            "fixture.commands",
+            None,
+            format!("\"{command}\""),
+        ))
+        .unwrap();
+    }
+    let labels = [("plugin", "misbehave"), ("topic", "fixture.commands")];
+    let done = host.metrics.counter(metrics::RECORDS, &labels);
+    let failed = host.metrics.counter(metrics::RECORDS_FAILED, &labels);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while done.get() + failed.get() < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(done.get(), 4, "every good record is processed");
+    assert_eq!(
+        failed.get(),
+        2,
+        "the panicking and the malformed record fail"
+    );
+}
+
+#[test]
+fn bad_files_are_rejected_with_a_reason() {
+    let host = host();
+    let err = |bytes: &[u8]| host.runtime.load(bytes).err().expect("rejected");
+    assert!(matches!(err(b"hello"), LoadError::NotWasm));
+    assert!(matches!(err(b"\0asm\x01\0\0\0"), LoadError::CoreModule));
+    let mut truncated = wasm("flux_crypto");
+    truncated.truncate(truncated.len() / 2);
+    let message = err(&truncated).to_string();
+    assert!(message.starts_with("does not compile"), "{message}");
+}
