@@ -12,6 +12,12 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nodejs npm
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# tansu: an Apache-2.0 Kafka-compatible broker, for the Kafka tests (about 10 minutes once).
+TANSU_VERSION=0.6.0
+if ! cargo install --list | grep -qx "tansu v${TANSU_VERSION}:"; then
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
+fi
+export TANSU_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
 
 step "guests: domain plugins and fixtures (wasm32-wasip2)"
 scripts/build-plugins.sh
@@ -27,9 +33,9 @@ step "plugin unit tests"
 cargo test --quiet --manifest-path plugins/Cargo.toml --workspace
 
 step "host unit tests and runtime-limit tests"
-cargo build --quiet -p flux-gateway
+cargo build --quiet --workspace --bins
 cargo test --workspace
 
-step "end-to-end: the client contract with socket.io-client"
+step "end-to-end: the client contract with socket.io-client, on the embedded bus and on Kafka"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
-(cd tests/e2e && node --test --test-concurrency=1)
+(cd tests/e2e && node --test --test-concurrency=1 contract.test.mjs kafka.test.mjs)

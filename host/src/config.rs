@@ -2,6 +2,7 @@
 //!
 //! Unknown keys are rejected so that a typo never silently falls back to a default.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +25,10 @@ pub struct Config {
     pub socket: SocketConfig,
     /// Run the simulated upstream services on the embedded bus.
     pub demo: DemoConfig,
+    /// Records no plugin could process go here, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// The Kafka bus; without `kafka.brokers` the gateway runs on the embedded bus.
+    pub kafka: KafkaConfig,
 }
 
 impl Default for Config {
@@ -37,6 +42,8 @@ impl Default for Config {
             cache: CacheConfig::default(),
             socket: SocketConfig::default(),
             demo: DemoConfig::default(),
+            dead_letter_topic: "flux.gateway.dead-letter".into(),
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -58,6 +65,8 @@ pub struct PluginLimits {
     pub memory_mb: u64,
     /// Most records passed to one `on-records` call.
     pub max_batch: usize,
+    /// Larger records are dead-lettered without reaching a plugin.
+    pub max_record_bytes: usize,
 }
 
 impl Default for PluginLimits {
@@ -66,6 +75,7 @@ impl Default for PluginLimits {
             call_timeout_ms: 250,
             memory_mb: 64,
             max_batch: 64,
+            max_record_bytes: 1 << 20,
         }
     }
 }
@@ -138,6 +148,47 @@ impl Default for DemoConfig {
     }
 }
 
+/// The Kafka bus. See [`crate::bus::kafka`] for fan-out, delivery and start position.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers (`host:port,...`). Empty: the embedded bus.
+    pub brokers: String,
+    /// This node's identity in consumer group names; unique per node. Default:
+    /// `{hostname}-{port}`.
+    pub node_id: Option<String>,
+    pub group_prefix: String,
+    /// Create missing topics with this many partitions (0: leave topics to the operator).
+    pub create_topic_partitions: i32,
+    /// Latest records per partition replayed into the cache at start (warm start).
+    pub warm_start_records: u32,
+    /// Records queued for the broker before publishing fails fast (`queue.buffering.max.messages`).
+    pub produce_queue_max: u32,
+    /// Any librdkafka property, applied last: `security.protocol`, `sasl.*`, `ssl.*`,
+    /// `client.id`, ...
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            node_id: None,
+            group_prefix: "flux-gateway".into(),
+            create_topic_partitions: 3,
+            warm_start_records: 50,
+            produce_queue_max: 100_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -182,7 +233,7 @@ impl Config {
     }
 
     /// `FLUX_LISTEN`, `FLUX_PLUGIN_DIR`, `FLUX_DEDUPE_WINDOW_MS`, `FLUX_LOG_FORMAT`,
-    /// `FLUX_CALL_TIMEOUT_MS`, `FLUX_MEMORY_MB`, `FLUX_DEMO`.
+    /// `FLUX_CALL_TIMEOUT_MS`, `FLUX_MEMORY_MB`, `FLUX_DEMO`, `FLUX_KAFKA_BROKERS`, `FLUX_NODE_ID`.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -210,6 +261,8 @@ impl Config {
                         _ => return Err(invalid("expected `human` or `json`".into())),
                     }
                 }
+                "FLUX_KAFKA_BROKERS" => self.kafka.brokers = value.clone(),
+                "FLUX_NODE_ID" => self.kafka.node_id = Some(value.clone()),
                 "FLUX_DEMO" => {
                     self.demo.enabled = match value.as_str() {
                         "1" | "true" => true,
@@ -259,6 +312,17 @@ mod tests {
             .unwrap();
         assert_eq!(config.dedupe_window_ms, 99);
         assert!(config.demo.enabled);
+    }
+
+    #[test]
+    fn kafka_properties_pass_through() {
+        let config = Config::from_toml(
+            "[kafka]\nbrokers = \"b:9092\"\n[kafka.properties]\n\"security.protocol\" = \"SASL_SSL\"\n\"sasl.mechanism\" = \"PLAIN\"\n",
+        )
+        .unwrap();
+        assert!(config.kafka.enabled());
+        assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
+        assert!(!Config::default().kafka.enabled(), "embedded by default");
     }
 
     #[test]

@@ -50,6 +50,25 @@ impl ActionRefused {
     }
 }
 
+/// Where the actions being applied come from.
+pub enum Origin<'a> {
+    /// A live record or a timer: everything applies.
+    Live,
+    /// A record replayed to rebuild state: only cache actions apply, so clients never get
+    /// stale events and services never get repeated commands.
+    Replay,
+    /// A client request: replies and joins go to its socket.
+    Request(&'a mut RequestContext),
+}
+
+/// What became of a list of actions.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub refused: usize,
+    /// A publish failed because the broker is unreachable or its queue is full.
+    pub unavailable: bool,
+}
+
 /// The socket whose request a plugin is answering.
 pub struct RequestContext {
     pub socket: SocketRef,
@@ -108,46 +127,59 @@ impl Dispatcher {
     }
 
     /// Applies `actions` in order. A refused action is logged and counted, and the rest still
-    /// apply. Returns how many were refused.
+    /// apply.
     pub fn apply(
         &self,
         manifest: &Manifest,
         actions: Vec<Action>,
-        mut request: Option<&mut RequestContext>,
-    ) -> usize {
-        let mut refused = 0;
+        mut origin: Origin<'_>,
+    ) -> Applied {
+        let mut applied = Applied::default();
         for action in actions {
-            if let Err(why) = self.apply_one(manifest, action, request.as_deref_mut()) {
-                refused += 1;
-                tracing::warn!(plugin = %manifest.name, version = %manifest.version, "action refused: {why}");
-                self.metrics
-                    .counter(
-                        metrics::PLUGIN_ERRORS,
-                        &[("plugin", &manifest.name), ("kind", why.kind())],
-                    )
-                    .inc();
-            }
+            let Err(why) = self.apply_one(manifest, action, &mut origin) else {
+                continue;
+            };
+            applied.refused += 1;
+            applied.unavailable |= matches!(
+                why,
+                ActionRefused::Publish {
+                    source: PublishError::Unavailable | PublishError::QueueFull,
+                    ..
+                }
+            );
+            tracing::warn!(plugin = %manifest.name, version = %manifest.version, "action refused: {why}");
+            self.metrics
+                .counter(
+                    metrics::PLUGIN_ERRORS,
+                    &[("plugin", &manifest.name), ("kind", why.kind())],
+                )
+                .inc();
         }
-        refused
+        applied
     }
 
     fn apply_one(
         &self,
         manifest: &Manifest,
         action: Action,
-        request: Option<&mut RequestContext>,
+        origin: &mut Origin<'_>,
     ) -> Result<(), ActionRefused> {
+        let replay = matches!(origin, Origin::Replay);
         match action {
             Action::Emit(emit) => {
                 if !manifest.may_use_room(&emit.room) {
                     return Err(ActionRefused::UndeclaredRoom(emit.room));
                 }
                 let payload = json(emit.payload, "emit")?;
-                self.emit_to_room(&emit.room, &emit.event, &payload);
+                if !replay {
+                    self.emit_to_room(&emit.room, &emit.event, &payload);
+                }
                 Ok(())
             }
             Action::Reply(reply) => {
-                let request = request.ok_or(ActionRefused::NeedsSocket("reply"))?;
+                let Origin::Request(request) = origin else {
+                    return Err(ActionRefused::NeedsSocket("reply"));
+                };
                 let payload = json(reply.payload, "reply")?;
                 // A closed or saturated socket is the client's problem, not the plugin's.
                 let _ = request.socket.emit(&reply.event, &*payload);
@@ -155,7 +187,9 @@ impl Dispatcher {
                 Ok(())
             }
             Action::Join(room) => {
-                let request = request.ok_or(ActionRefused::NeedsSocket("join"))?;
+                let Origin::Request(request) = origin else {
+                    return Err(ActionRefused::NeedsSocket("join"));
+                };
                 if !manifest.may_use_room(&room) {
                     return Err(ActionRefused::UndeclaredRoom(room));
                 }
@@ -197,14 +231,36 @@ impl Dispatcher {
                     return Err(ActionRefused::UndeclaredTopic(publish.topic));
                 }
                 let payload = json(publish.payload, "publish")?;
+                if replay {
+                    // History already had its commands answered.
+                    return Ok(());
+                }
                 if let Some(dedupe_key) = publish.dedupe_key {
                     let seen = (publish.topic.clone(), dedupe_key);
-                    if !self.recent_publishes.entry(seen).or_insert(()).is_fresh() {
+                    if !self
+                        .recent_publishes
+                        .entry(seen.clone())
+                        .or_insert(())
+                        .is_fresh()
+                    {
                         self.metrics
                             .counter(metrics::PUBLISH_DEDUPLICATED, &[("topic", &publish.topic)])
                             .inc();
                         return Ok(());
                     }
+                    let record = BusRecord::now(
+                        &publish.topic,
+                        publish.key.as_deref(),
+                        payload.get().to_owned(),
+                    );
+                    return self.bus.publish(record).map_err(|source| {
+                        // A command that never left must not block the next attempt.
+                        self.recent_publishes.invalidate(&seen);
+                        ActionRefused::Publish {
+                            topic: publish.topic,
+                            source,
+                        }
+                    });
                 }
                 let record = BusRecord::now(
                     &publish.topic,

@@ -17,7 +17,8 @@ use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
 
-use crate::dispatch::{Dispatcher, RequestContext};
+use crate::bus::Bus;
+use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::metrics::{self, Metrics};
 use crate::plugin::{CallFailure, ClientRequest, PluginHandle, RequestError};
 
@@ -73,6 +74,7 @@ pub struct Gateway {
     pub registry: Registry,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
+    pub bus: Arc<dyn Bus>,
 }
 
 impl Gateway {
@@ -179,8 +181,16 @@ impl Gateway {
             let name = &plugin.manifest.name;
             match outcome {
                 Ok(Ok(Ok(actions))) => {
-                    self.dispatcher
-                        .apply(&plugin.manifest, actions, Some(&mut context));
+                    let applied = self.dispatcher.apply(
+                        &plugin.manifest,
+                        actions,
+                        Origin::Request(&mut context),
+                    );
+                    if applied.unavailable {
+                        problems.push(format!(
+                            "{name} data cannot be refreshed right now; try again shortly"
+                        ));
+                    }
                 }
                 Ok(Ok(Err(RequestError::Invalid(message)))) => {
                     problems.push(message.chars().take(MAX_CLIENT_MESSAGE).collect());

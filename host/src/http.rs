@@ -21,19 +21,24 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// Ready once at least one plugin serves: a gateway with no domains answers every event with
-/// an error and should not take traffic.
+/// Ready when plugins serve, the bus reaches its brokers, and every subscription has replayed
+/// its history into the cache (so a first client is hydrated at once).
 async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    let loaded = gateway.registry.plugins.len();
-    let status = if loaded > 0 {
+    let plugins = gateway.registry.plugins.len();
+    let bus = gateway.bus.status();
+    let ready = plugins > 0 && bus.connected && bus.caught_up;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "ready": loaded > 0, "plugins": loaded })),
-    )
+    let body = json!({
+        "ready": ready,
+        "plugins": plugins,
+        "bus_connected": bus.connected,
+        "cache_warmed": bus.caught_up,
+    });
+    (status, Json(body))
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {

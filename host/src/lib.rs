@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! - [`config`]: TOML configuration with environment overrides; unknown keys rejected.
-//! - [`bus`]: the bus seam (records as Kafka carries them) and the embedded in-process bus.
+//! - [`bus`]: the bus seam (records as Kafka carries them), the embedded bus and the Kafka bus.
 //! - [`plugin`]: the WIT bindings, manifests, and the wasmtime runtime with per-call limits.
 //! - [`pipeline`]: bus records and timers into plugins, in order and in batches.
 //! - [`dispatch`]: validating and applying plugin actions; room emits and hydration ordering.
@@ -38,12 +38,13 @@ use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, EmbeddedBus};
+use crate::bus::{Bus, EmbeddedBus, KafkaBus, StartAt};
 use crate::cache::SnapshotCache;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::gateway::{Gateway, Registry, Rejected};
 use crate::metrics::Metrics;
+use crate::pipeline::PipelineConfig;
 use crate::plugin::{PluginHandle, PluginRuntime};
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +53,8 @@ pub enum RunError {
     Runtime(String),
     #[error("cannot read the plugin directory {dir}: {source}")]
     PluginDir { dir: String, source: std::io::Error },
+    #[error("cannot create the Kafka bus: {0}")]
+    Bus(String),
     #[error("server error: {0}")]
     Serve(#[from] std::io::Error),
 }
@@ -64,12 +67,43 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(SnapshotCache::new(config.cache.max_entries));
-    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(metrics.clone()));
     let runtime = Arc::new(
         PluginRuntime::new(config.limits.clone(), cache.clone(), metrics.clone())
             .map_err(|e| RunError::Runtime(format!("{e:#}")))?,
     );
     let (plugins, rejected) = load_plugins(&runtime, &config.plugin_dir).await?;
+
+    let mut tasks = JoinSet::new();
+    let (bus, kafka, start): (Arc<dyn Bus>, _, _) = if config.kafka.enabled() {
+        let node_id = config
+            .kafka
+            .node_id
+            .clone()
+            .unwrap_or_else(|| default_node_id(listener.local_addr().ok()));
+        let kafka = Arc::new(
+            KafkaBus::new(&config.kafka, &node_id, metrics.clone())
+                .map_err(|e| RunError::Bus(e.to_string()))?,
+        );
+        let topics = plugins
+            .iter()
+            .flat_map(|p| p.manifest.consumes.iter().chain(&p.manifest.publishes))
+            .cloned()
+            .chain([config.dead_letter_topic.clone()])
+            .collect::<std::collections::BTreeSet<_>>();
+        tasks.spawn(KafkaBus::ensure_topics(
+            config.kafka.clone(),
+            topics.into_iter().collect(),
+        ));
+        tracing::info!(node = %node_id, brokers = %config.kafka.brokers, "using the Kafka bus");
+        let start = StartAt::Replay(config.kafka.warm_start_records);
+        (kafka.clone() as Arc<dyn Bus>, Some(kafka), start)
+    } else {
+        (
+            Arc::new(EmbeddedBus::new(metrics.clone())) as Arc<dyn Bus>,
+            None,
+            StartAt::Committed,
+        )
+    };
 
     let (layer, io) = SocketIo::builder()
         .ping_interval(Duration::from_millis(config.socket.ping_interval_ms))
@@ -85,26 +119,32 @@ pub async fn run(
         config.dedupe_window(),
     ));
 
-    let mut tasks = JoinSet::new();
+    let pipeline_config = PipelineConfig {
+        max_batch: config.limits.max_batch,
+        max_record_bytes: config.limits.max_record_bytes,
+        dead_letter_topic: config.dead_letter_topic.clone(),
+        start,
+    };
     for plugin in &plugins {
         pipeline::start(
             plugin.clone(),
-            &*bus,
+            bus.clone(),
             dispatcher.clone(),
             metrics.clone(),
-            config.limits.max_batch,
+            &pipeline_config,
             &mut tasks,
         );
     }
     if config.demo.enabled {
         sim::start(bus.clone(), &config.demo, &mut tasks);
-        tracing::info!("simulated upstream services are running on the embedded bus");
+        tracing::info!("simulated upstream services are running on the gateway's bus");
     }
 
     let gateway = Arc::new(Gateway {
         registry: Registry::new(plugins, rejected),
         dispatcher,
         metrics,
+        bus,
     });
     gateway.attach(&io);
     let app = http::router(gateway).layer(layer);
@@ -121,8 +161,25 @@ pub async fn run(
     })
     .await?;
     tasks.shutdown().await;
+    if let Some(kafka) = kafka {
+        kafka.flush(Duration::from_secs(5));
+    }
     drop(runtime);
     Ok(())
+}
+
+/// `{hostname}-{port}`: unique per node, stable across restarts of the same node.
+fn default_node_id(address: Option<SocketAddr>) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    match address {
+        Some(address) => format!("{host}-{}", address.port()),
+        None => host,
+    }
 }
 
 /// Loads every `*.wasm` in `dir` (sorted by name). A file that fails to load is logged and

@@ -11,6 +11,8 @@ use parking_lot::Mutex;
 
 pub const BUS_PUBLISHED: &str = "flux_bus_published_total";
 pub const BUS_DROPPED: &str = "flux_bus_dropped_total";
+pub const BUS_PUBLISH_FAILED: &str = "flux_bus_publish_failed_total";
+pub const DEAD_LETTERS: &str = "flux_dead_letters_total";
 pub const PUBLISH_DEDUPLICATED: &str = "flux_publish_deduplicated_total";
 pub const RECORDS: &str = "flux_records_total";
 pub const RECORDS_FAILED: &str = "flux_records_failed_total";

@@ -2,48 +2,69 @@
 //!
 //! Each plugin consumes its declared topics through its own subscription and processes them in
 //! order, in batches of what has already arrived (up to `max_batch`): batching amortises the
-//! crossing into the guest without adding latency.
+//! crossing into the guest without adding latency. A record is acknowledged to the bus only
+//! after its actions are applied or it was dead-lettered.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use serde::de::IgnoredAny;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, BusRecord};
-use crate::dispatch::Dispatcher;
+use crate::bus::{Bus, BusRecord, Delivery, StartAt};
+use crate::dispatch::{Dispatcher, Origin};
 use crate::metrics::{self, Metrics};
 use crate::plugin::runtime::RecordOutcome;
 use crate::plugin::{PluginHandle, WitRecord};
 
+/// How the pipeline treats records, from configuration.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub max_batch: usize,
+    pub max_record_bytes: usize,
+    pub dead_letter_topic: String,
+    pub start: StartAt,
+}
+
 /// Starts consuming `plugin`'s topics and firing its timers, as tasks in `tasks`.
 pub fn start(
     plugin: PluginHandle,
-    bus: &dyn Bus,
+    bus: Arc<dyn Bus>,
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
-    max_batch: usize,
+    config: &PipelineConfig,
     tasks: &mut JoinSet<()>,
 ) {
     if !plugin.manifest.consumes.is_empty() {
-        let records = bus.subscribe(&plugin.manifest.consumes);
+        let deliveries = bus.subscribe(
+            &plugin.manifest.name,
+            &plugin.manifest.consumes,
+            config.start,
+        );
         let consumer = Consumer {
             plugin: plugin.clone(),
             dispatcher: dispatcher.clone(),
+            bus: bus.clone(),
             metrics,
-            max_batch: max_batch.max(1),
+            config: config.clone(),
         };
-        tasks.spawn(consumer.run(records));
+        tasks.spawn(consumer.run(deliveries));
     }
     for (name, every) in plugin.manifest.timers.clone() {
-        let (plugin, dispatcher) = (plugin.clone(), dispatcher.clone());
+        let (plugin, dispatcher, bus) = (plugin.clone(), dispatcher.clone(), bus.clone());
         tasks.spawn(async move {
+            // A timer's commands would only be refused while the broker is unreachable.
+            while !bus.status().connected {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
                 match plugin.on_timer(name.clone()).await {
                     Ok(actions) => {
-                        dispatcher.apply(&plugin.manifest, actions, None);
+                        dispatcher.apply(&plugin.manifest, actions, Origin::Live);
                     }
                     Err(failure) => tracing::warn!(
                         plugin = %plugin.manifest.name, timer = %name, "timer failed: {failure}"
@@ -57,81 +78,151 @@ pub fn start(
 struct Consumer {
     plugin: PluginHandle,
     dispatcher: Arc<Dispatcher>,
+    bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
-    max_batch: usize,
+    config: PipelineConfig,
 }
 
 impl Consumer {
-    async fn run(self, mut records: mpsc::Receiver<BusRecord>) {
-        let mut batch = Vec::with_capacity(self.max_batch);
-        while records.recv_many(&mut batch, self.max_batch).await > 0 {
+    async fn run(self, mut deliveries: mpsc::Receiver<Delivery>) {
+        let max_batch = self.config.max_batch.max(1);
+        let mut batch = Vec::with_capacity(max_batch);
+        while deliveries.recv_many(&mut batch, max_batch).await > 0 {
             self.process(std::mem::take(&mut batch)).await;
         }
     }
 
-    async fn process(&self, batch: Vec<BusRecord>) {
-        let topics: Vec<String> = batch.iter().map(|r| r.topic.clone()).collect();
-        let records: Vec<WitRecord> = batch.into_iter().map(to_wit).collect();
-        match self.plugin.on_records(records.clone()).await {
-            Ok(outcomes) => self.apply(&topics, outcomes),
+    async fn process(&self, batch: Vec<Delivery>) {
+        let mut accepted = Vec::with_capacity(batch.len());
+        for delivery in batch {
+            match self.defect(&delivery.record) {
+                Some(reason) => self.dead_letter(delivery, &reason),
+                None => accepted.push(delivery),
+            }
+        }
+        if accepted.is_empty() {
+            return;
+        }
+        let records: Vec<WitRecord> = accepted.iter().map(|d| to_wit(&d.record)).collect();
+        match self.plugin.on_records(records).await {
+            Ok(outcomes) if outcomes.len() == accepted.len() => {
+                for (delivery, outcome) in accepted.into_iter().zip(outcomes) {
+                    self.settle(delivery, outcome);
+                }
+            }
+            Ok(outcomes) => {
+                let reason = format!(
+                    "returned {} results for {} records",
+                    outcomes.len(),
+                    accepted.len()
+                );
+                accepted
+                    .into_iter()
+                    .for_each(|d| self.dead_letter(d, &reason));
+            }
             // One bad record must not cost its neighbours: retry them one by one, each on a
             // fresh instance if the previous one trapped, to isolate the culprit.
-            Err(_) if records.len() > 1 => {
-                for (record, topic) in records.into_iter().zip(&topics) {
-                    match self.plugin.on_records(vec![record]).await {
-                        Ok(outcomes) => self.apply(std::slice::from_ref(topic), outcomes),
-                        Err(failure) => self.failed(topic, &failure.to_string()),
+            Err(_) if accepted.len() > 1 => {
+                for delivery in accepted {
+                    match self.plugin.on_records(vec![to_wit(&delivery.record)]).await {
+                        Ok(mut outcomes) if outcomes.len() == 1 => {
+                            let outcome = outcomes.pop().expect("one outcome");
+                            self.settle(delivery, outcome);
+                        }
+                        Ok(_) => self.dead_letter(delivery, "returned the wrong number of results"),
+                        Err(failure) => self.dead_letter(delivery, &format!("plugin {failure}")),
                     }
                 }
             }
-            Err(failure) => self.failed(&topics[0], &failure.to_string()),
-        }
-    }
-
-    fn apply(&self, topics: &[String], outcomes: Vec<RecordOutcome>) {
-        let manifest = &self.plugin.manifest;
-        if outcomes.len() != topics.len() {
-            let reason = format!(
-                "returned {} results for {} records",
-                outcomes.len(),
-                topics.len()
-            );
-            topics.iter().for_each(|topic| self.failed(topic, &reason));
-            return;
-        }
-        for (topic, outcome) in topics.iter().zip(outcomes) {
-            match outcome {
-                Ok(actions) => {
-                    self.metrics
-                        .counter(
-                            metrics::RECORDS,
-                            &[("plugin", &manifest.name), ("topic", topic)],
-                        )
-                        .inc();
-                    self.dispatcher.apply(manifest, actions, None);
-                }
-                Err(reason) => self.failed(topic, &reason),
+            Err(failure) => {
+                let reason = format!("plugin {failure}");
+                accepted
+                    .into_iter()
+                    .for_each(|d| self.dead_letter(d, &reason));
             }
         }
     }
 
-    fn failed(&self, topic: &str, reason: &str) {
+    /// Why a record cannot be given to a plugin at all.
+    fn defect(&self, record: &BusRecord) -> Option<String> {
+        if record.payload.len() > self.config.max_record_bytes {
+            return Some(format!(
+                "oversized: {} bytes, the limit is {}",
+                record.payload.len(),
+                self.config.max_record_bytes
+            ));
+        }
+        serde_json::from_str::<IgnoredAny>(&record.payload)
+            .err()
+            .map(|e| format!("not JSON: {e}"))
+    }
+
+    fn settle(&self, delivery: Delivery, outcome: RecordOutcome) {
+        let manifest = &self.plugin.manifest;
+        match outcome {
+            Ok(actions) => {
+                let origin = if delivery.replay {
+                    Origin::Replay
+                } else {
+                    Origin::Live
+                };
+                self.dispatcher.apply(manifest, actions, origin);
+                self.metrics
+                    .counter(
+                        metrics::RECORDS,
+                        &[
+                            ("plugin", &manifest.name),
+                            ("topic", &delivery.record.topic),
+                        ],
+                    )
+                    .inc();
+                delivery.processed();
+            }
+            Err(reason) => self.dead_letter(delivery, &reason),
+        }
+    }
+
+    /// Counts, logs and forwards a record no plugin could process, with the reason in headers.
+    fn dead_letter(&self, delivery: Delivery, reason: &str) {
         let plugin = &self.plugin.manifest.name;
-        tracing::warn!(plugin = %plugin, topic, "record not processed: {reason}");
-        self.metrics
-            .counter(
-                metrics::RECORDS_FAILED,
-                &[("plugin", plugin), ("topic", topic)],
-            )
-            .inc();
+        let record = &delivery.record;
+        tracing::warn!(plugin = %plugin, position = %record.position(), "record dead-lettered: {reason}");
+        let labels = [
+            ("plugin", plugin.as_str()),
+            ("topic", record.topic.as_str()),
+        ];
+        self.metrics.counter(metrics::RECORDS_FAILED, &labels).inc();
+        let mut letter = BusRecord::now(
+            &self.config.dead_letter_topic,
+            record.key.as_deref(),
+            record.payload.clone(),
+        );
+        letter.headers = vec![
+            ("x-flux-reason".into(), reason.chars().take(512).collect()),
+            ("x-flux-plugin".into(), plugin.clone()),
+            ("x-flux-source-topic".into(), record.topic.clone()),
+        ];
+        if let Some((partition, offset)) = record.source {
+            letter
+                .headers
+                .push(("x-flux-source-partition".into(), partition.to_string()));
+            letter
+                .headers
+                .push(("x-flux-source-offset".into(), offset.to_string()));
+        }
+        match self.bus.publish(letter) {
+            Ok(()) => self.metrics.counter(metrics::DEAD_LETTERS, &labels).inc(),
+            Err(e) => tracing::error!(position = %record.position(), "cannot dead-letter: {e}"),
+        }
+        delivery.processed();
     }
 }
 
-fn to_wit(record: BusRecord) -> WitRecord {
+fn to_wit(record: &BusRecord) -> WitRecord {
     WitRecord {
-        topic: record.topic,
-        key: record.key,
-        payload: record.payload,
+        topic: record.topic.clone(),
+        key: record.key.clone(),
+        payload: record.payload.clone(),
         timestamp_ms: record.timestamp_ms,
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, BusRecord, now_ms};
+use crate::bus::{Bus, BusRecord, StartAt, now_ms};
 use crate::config::DemoConfig;
 
 const COINS: [(&str, &str, f64); 6] = [
@@ -89,31 +89,54 @@ pub fn start(bus: Arc<dyn Bus>, config: &DemoConfig, tasks: &mut JoinSet<()>) {
         }
     });
 
-    let commands = bus.subscribe(&[
-        "weather.service.command.fetch".into(),
-        "crypto.service.command.refresh".into(),
-        "news.service.command.refresh".into(),
-        "stock.service.command.refresh".into(),
-    ]);
+    let commands = bus.subscribe(
+        "demo-services",
+        &COMMAND_TOPICS.map(str::to_owned),
+        StartAt::Committed,
+    );
     tasks.spawn(async move {
         let mut commands = commands;
         while let Some(command) = commands.recv().await {
             let (bus, market) = (bus.clone(), market.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(answer_after).await;
-                let answer = market.lock().answer(&command);
+                let answer = market.lock().answer(&command.record);
                 match answer {
                     Some((topic, key, payload)) => publish(&*bus, topic, key.as_deref(), payload),
-                    None => tracing::warn!(topic = %command.topic, "simulated service ignored a command it could not read"),
+                    None => tracing::warn!(position = %command.record.position(), "simulated service ignored a command it could not read"),
                 }
+                command.processed();
             });
         }
     });
 }
 
+/// The commands the simulated services answer.
+pub const COMMAND_TOPICS: [&str; 4] = [
+    "weather.service.command.fetch",
+    "crypto.service.command.refresh",
+    "news.service.command.refresh",
+    "stock.service.command.refresh",
+];
+
+/// Every topic the simulated services read or write.
+pub const TOPICS: [&str; 10] = [
+    COMMAND_TOPICS[0],
+    COMMAND_TOPICS[1],
+    COMMAND_TOPICS[2],
+    COMMAND_TOPICS[3],
+    "weather.service.event.updated",
+    "crypto.service.event.ticker",
+    "crypto.service.event.top-movers",
+    "crypto.service.event.top-coins",
+    "news.service.event.updated",
+    "stock.service.event.top-performers",
+];
+
 fn publish(bus: &dyn Bus, topic: &str, key: Option<&str>, payload: Value) {
+    // While the broker is away every tick would fail: not worth a warning each.
     if let Err(e) = bus.publish(BusRecord::now(topic, key, payload.to_string())) {
-        tracing::warn!(topic, "simulated service could not publish: {e}");
+        tracing::debug!(topic, "simulated service could not publish: {e}");
     }
 }
 

@@ -27,7 +27,7 @@ export function withTimeout(promise, ms, what) {
  * Starts a gateway with `toml` as its configuration (plus the listen address and plugin
  * directory), waits until it reports ready, and returns how to reach and stop it.
  */
-export async function startGateway(toml = "", { args = [] } = {}) {
+export async function startGateway(toml = "", { args = [], waitReady = true } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "flux-e2e-"));
   const config = join(dir, "gateway.toml");
   writeFileSync(config, `listen = "127.0.0.1:0"\nplugin_dir = ${JSON.stringify(pluginDir)}\n${toml}\n`);
@@ -52,20 +52,21 @@ export async function startGateway(toml = "", { args = [] } = {}) {
     30_000,
     "the gateway to print its address",
   );
-  await withTimeout(
-    (async () => {
-      for (;;) {
-        const ready = await fetch(`${url}/readyz`).then((r) => r.ok, () => false);
-        if (ready) return;
-        await sleep(50);
-      }
-    })(),
-    30_000,
-    "the gateway to be ready",
-  );
-
-  return {
+  const gateway = {
     url,
+    process: child,
+    async ready() {
+      return fetch(`${url}/readyz`).then((r) => r.ok, () => false);
+    },
+    async untilReady(timeout = 30_000) {
+      await withTimeout(
+        (async () => {
+          while (!(await gateway.ready())) await sleep(50);
+        })(),
+        timeout,
+        "the gateway to be ready",
+      );
+    },
     logs: () => logs.join(""),
     async metric(name, labels = "") {
       const text = await (await fetch(`${url}/metrics`)).text();
@@ -75,10 +76,12 @@ export async function startGateway(toml = "", { args = [] } = {}) {
       return line ? Number(line.split(" ").pop()) : 0;
     },
     async stop() {
-      child.kill("SIGTERM");
+      if (child.exitCode === null) child.kill("SIGTERM");
       return withTimeout(exited, 10_000, "the gateway to exit");
     },
   };
+  if (waitReady) await gateway.untilReady();
+  return gateway;
 }
 
 /** A connected socket.io-client over websocket that records every event it receives. */
@@ -123,3 +126,133 @@ export function request(socket, event, ...args) {
 
 export const delhi = { city: "Delhi", region: "Delhi", country: "IN", lat: "28.61", lon: "77.20", ip: "203.0.113.7" };
 export const mumbai = { city: "Mumbai", region: "Maharashtra", country: "IN", lat: "19.07", lon: "72.87", ip: "203.0.113.8" };
+
+// ---- Kafka: a tansu broker per test, the simulated services as their own process, and a
+// probe (librdkafka) to read and write records on the wire.
+
+export const tansuBin = process.env.TANSU_BIN ?? "tansu";
+export const probeBin = process.env.FLUX_KAFKA_PROBE ?? join(root, "target/debug/kafka-probe");
+
+/** A port nothing listens on right now. */
+export async function freePort() {
+  const { createServer } = await import("node:net");
+  return new Promise((done) => {
+    const server = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => done(port));
+    });
+  });
+}
+
+async function accepting(port) {
+  const { connect: tcp } = await import("node:net");
+  return new Promise((done) => {
+    const socket = tcp(port, "127.0.0.1");
+    socket.once("connect", () => {
+      socket.destroy();
+      done(true);
+    });
+    socket.once("error", () => done(false));
+  });
+}
+
+/**
+ * Starts a tansu broker on `port` with in-memory storage, or SQLite storage in `sqliteFile`
+ * (which survives a restart).
+ */
+export async function startBroker({ port, sqliteFile } = {}) {
+  port ??= await freePort();
+  const url = `tcp://127.0.0.1:${port}`;
+  const storage = sqliteFile ? `sqlite://${sqliteFile}` : "memory://tansu/";
+  const child = spawn(
+    tansuBin,
+    ["broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", storage],
+    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "warn" } },
+  );
+  const logs = [];
+  child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));
+  const exited = new Promise((done) => child.once("exit", (code, signal) => done({ code, signal })));
+  await withTimeout(
+    (async () => {
+      while (!(await accepting(port))) {
+        if (child.exitCode !== null) throw new Error(`tansu exited:\n${logs.join("")}`);
+        await sleep(50);
+      }
+    })(),
+    20_000,
+    "the broker to listen",
+  );
+  return {
+    port,
+    brokers: `127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      await withTimeout(exited, 10_000, "the broker to exit");
+    },
+  };
+}
+
+/** The simulated upstream services as their own process against `brokers`. */
+export async function startSim(brokers, demo = "ticker_every_ms = 100\nsnapshot_every_ms = 500\nanswer_after_ms = 20") {
+  const dir = mkdtempSync(join(tmpdir(), "flux-sim-"));
+  const config = join(dir, "sim.toml");
+  writeFileSync(config, `[demo]\n${demo}\n[kafka]\nbrokers = "${brokers}"\n`);
+  const child = spawn(gatewayBin, ["sim", "--config", config], { stdio: ["ignore", "pipe", "pipe"] });
+  const logs = [];
+  child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));
+  const exited = new Promise((done) => child.once("exit", (code, signal) => done({ code, signal })));
+  await withTimeout(
+    new Promise((done, failed) => {
+      child.stdout.setEncoding("utf8").on("data", (chunk) => chunk.includes("sim running") && done());
+      exited.then(({ code }) => failed(new Error(`sim exited with ${code}:\n${logs.join("")}`)));
+    }),
+    20_000,
+    "the simulated services to start",
+  );
+  return {
+    logs: () => logs.join(""),
+    async stop() {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      await withTimeout(exited, 10_000, "the simulated services to exit");
+    },
+  };
+}
+
+function probe(...args) {
+  return new Promise((done, failed) => {
+    const child = spawn(probeBin, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (c) => (out += c));
+    child.stderr.setEncoding("utf8").on("data", (c) => (err += c));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      code === 0 ? done(out) : failed(new Error(`kafka-probe ${args.join(" ")} failed (${code}): ${err}`));
+    });
+  });
+}
+
+/** Produces one record; `key` null for none. */
+export const produce = (brokers, topic, key, payload) => probe("produce", brokers, topic, key ?? "-", payload);
+
+/** Every record now on `topic`: `{partition, offset, key, payload, headers}`. */
+export async function dump(brokers, topic) {
+  const out = await probe("dump", brokers, topic);
+  return out.split("\n").filter(Boolean).map((line) => JSON.parse(line));
+}
+
+/** Waits until `check()` resolves truthy, polling. */
+export async function eventually(check, { timeout = 15_000, every = 100, what = "a condition" } = {}) {
+  return withTimeout(
+    (async () => {
+      for (;;) {
+        const value = await check();
+        if (value) return value;
+        await sleep(every);
+      }
+    })(),
+    timeout,
+    what,
+  );
+}

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flux_gateway::bus::{Bus, BusRecord, EmbeddedBus};
+use flux_gateway::bus::{Bus, BusRecord, EmbeddedBus, StartAt};
 use flux_gateway::cache::SnapshotCache;
 use flux_gateway::config::PluginLimits;
-use flux_gateway::dispatch::Dispatcher;
+use flux_gateway::dispatch::{Dispatcher, Origin};
 use flux_gateway::metrics::{self, Metrics};
-use flux_gateway::pipeline;
+use flux_gateway::pipeline::{self, PipelineConfig};
 use flux_gateway::plugin::{
     Action, CallFailure, ClientRequest, LoadError, PluginHandle, PluginRuntime, WitRecord,
 };
@@ -30,7 +30,7 @@ fn host() -> Host {
     let limits = PluginLimits {
         call_timeout_ms: CALL_TIMEOUT.as_millis() as u64,
         memory_mb: 16,
-        max_batch: 64,
+        ..PluginLimits::default()
     };
     let runtime = PluginRuntime::new(limits, cache.clone(), metrics.clone()).unwrap();
     Host {
@@ -163,12 +163,16 @@ async fn an_emit_into_an_undeclared_room_is_refused() {
     let rogue = outcomes.pop().unwrap().unwrap();
     assert!(matches!(&rogue[0], Action::Emit(e) if e.room == "crypto.global"));
     assert_eq!(
-        dispatcher.apply(&fixture.manifest, rogue, None),
+        dispatcher
+            .apply(&fixture.manifest, rogue, Origin::Live)
+            .refused,
         1,
         "forged crypto emit refused"
     );
     assert_eq!(
-        dispatcher.apply(&fixture.manifest, ok, None),
+        dispatcher
+            .apply(&fixture.manifest, ok, Origin::Live)
+            .refused,
         0,
         "its own room is fine"
     );
@@ -176,11 +180,11 @@ async fn an_emit_into_an_undeclared_room_is_refused() {
 }
 
 #[tokio::test]
-async fn a_poison_record_in_a_batch_costs_only_itself() {
+async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
     let host = host();
     let fixture = host.runtime.load(&wasm("flux_fixture_misbehave")).unwrap();
     let (_layer, io) = socketioxide::SocketIo::new_layer();
-    let bus = Arc::new(EmbeddedBus::new(host.metrics.clone()));
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(host.metrics.clone()));
     let dispatcher = Arc::new(Dispatcher::new(
         io,
         bus.clone(),
@@ -188,21 +192,39 @@ async fn a_poison_record_in_a_batch_costs_only_itself() {
         host.metrics.clone(),
         Duration::from_secs(1),
     ));
+    let mut dead_letters = bus.subscribe("dlq", &["dead.letters".into()], StartAt::Committed);
+    let config = PipelineConfig {
+        max_batch: 64,
+        max_record_bytes: 64,
+        dead_letter_topic: "dead.letters".into(),
+        start: StartAt::Committed,
+    };
     let mut tasks = JoinSet::new();
     pipeline::start(
         fixture,
-        &*bus,
+        bus.clone(),
         dispatcher,
         host.metrics.clone(),
-        64,
+        &config,
         &mut tasks,
     );
 
-    for command in ["ok", "ok", "panic", "ok", "nonsense", "ok"] {
+    let oversized = format!("\"{}\"", "x".repeat(100));
+    let payloads = [
+        "\"ok\"",
+        "\"ok\"",
+        "\"panic\"",
+        "\"ok\"",
+        "\"nonsense\"",
+        "not json",
+        &oversized,
+        "\"ok\"",
+    ];
+    for payload in payloads {
         bus.publish(BusRecord::now(
             "fixture.commands",
             None,
-            format!("\"{command}\""),
+            payload.to_string(),
         ))
         .unwrap();
     }
@@ -210,14 +232,44 @@ async fn a_poison_record_in_a_batch_costs_only_itself() {
     let done = host.metrics.counter(metrics::RECORDS, &labels);
     let failed = host.metrics.counter(metrics::RECORDS_FAILED, &labels);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while done.get() + failed.get() < 6 && Instant::now() < deadline {
+    while done.get() + failed.get() < 8 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(done.get(), 4, "every good record is processed");
     assert_eq!(
         failed.get(),
-        2,
-        "the panicking and the malformed record fail"
+        4,
+        "panic, unknown command, not JSON, oversized"
+    );
+
+    let mut reasons = Vec::new();
+    for _ in 0..4 {
+        let letter = tokio::time::timeout(Duration::from_secs(5), dead_letters.recv())
+            .await
+            .expect("a dead letter in time")
+            .expect("the bus is open");
+        let header = |name: &str| {
+            letter
+                .record
+                .headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            header("x-flux-source-topic").as_deref(),
+            Some("fixture.commands")
+        );
+        assert_eq!(header("x-flux-plugin").as_deref(), Some("misbehave"));
+        reasons.push(header("x-flux-reason").expect("a reason"));
+    }
+    reasons.sort();
+    assert!(reasons[0].starts_with("not JSON"), "{reasons:?}");
+    assert!(reasons[1].starts_with("oversized"), "{reasons:?}");
+    assert!(reasons[2].starts_with("plugin trapped"), "{reasons:?}");
+    assert!(
+        reasons[3].starts_with("unknown fixture command"),
+        "{reasons:?}"
     );
 }
 

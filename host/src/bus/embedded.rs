@@ -1,59 +1,13 @@
-//! The bus seam: records keyed and shaped as Kafka carries them, and the embedded in-process
-//! implementation used by the default run and the tests.
+//! The embedded in-process bus used by the default run and the tests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::RwLock;
 use tokio::sync::mpsc;
 
+use super::{Bus, BusRecord, BusStatus, Delivery, PublishError, StartAt};
 use crate::metrics::{self, Metrics};
-
-/// One record on a topic. `payload` is JSON text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BusRecord {
-    pub topic: String,
-    pub key: Option<String>,
-    pub payload: String,
-    /// Producer timestamp, milliseconds since the Unix epoch.
-    pub timestamp_ms: u64,
-}
-
-impl BusRecord {
-    /// A record stamped with the current time.
-    pub fn now(topic: &str, key: Option<&str>, payload: String) -> Self {
-        Self {
-            topic: topic.to_owned(),
-            key: key.map(str::to_owned),
-            payload,
-            timestamp_ms: now_ms(),
-        }
-    }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("the bus is closed")]
-    Closed,
-    #[error("the produce queue is full")]
-    QueueFull,
-}
-
-/// Where records come from and go to. Publishing only enqueues; it never waits for a broker.
-pub trait Bus: Send + Sync + 'static {
-    fn publish(&self, record: BusRecord) -> Result<(), PublishError>;
-
-    /// A stream of every record published to any of `topics` from now on.
-    fn subscribe(&self, topics: &[String]) -> mpsc::Receiver<BusRecord>;
-}
 
 /// Capacity of one subscriber's queue on the embedded bus.
 const SUBSCRIBER_QUEUE: usize = 16_384;
@@ -61,7 +15,7 @@ const SUBSCRIBER_QUEUE: usize = 16_384;
 /// An in-process bus. Each subscriber gets its own bounded queue; a subscriber that falls a
 /// whole queue behind loses records, which is counted (`flux_bus_dropped_total`).
 pub struct EmbeddedBus {
-    subscribers: RwLock<HashMap<String, Vec<mpsc::Sender<BusRecord>>>>,
+    subscribers: RwLock<HashMap<String, Vec<mpsc::Sender<Delivery>>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -86,7 +40,7 @@ impl Bus for EmbeddedBus {
                 return Ok(());
             };
             for queue in queues {
-                match queue.try_send(record.clone()) {
+                match queue.try_send(Delivery::live(record.clone())) {
                     Ok(()) => {}
                     Err(mpsc::error::TrySendError::Full(_)) => self
                         .metrics
@@ -105,7 +59,13 @@ impl Bus for EmbeddedBus {
         Ok(())
     }
 
-    fn subscribe(&self, topics: &[String]) -> mpsc::Receiver<BusRecord> {
+    /// Records published from now on; there is no history to replay.
+    fn subscribe(
+        &self,
+        _name: &str,
+        topics: &[String],
+        _from: StartAt,
+    ) -> mpsc::Receiver<Delivery> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let mut subscribers = self.subscribers.write();
         for topic in topics {
@@ -116,6 +76,13 @@ impl Bus for EmbeddedBus {
         }
         rx
     }
+
+    fn status(&self) -> BusStatus {
+        BusStatus {
+            connected: true,
+            caught_up: true,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,8 +92,12 @@ mod tests {
     #[tokio::test]
     async fn subscribers_get_only_their_topics_in_order() {
         let bus = EmbeddedBus::new(Arc::new(Metrics::default()));
-        let mut weather = bus.subscribe(&["weather".into()]);
-        let mut both = bus.subscribe(&["weather".into(), "crypto".into()]);
+        let mut weather = bus.subscribe("w", &["weather".into()], StartAt::Committed);
+        let mut both = bus.subscribe(
+            "b",
+            &["weather".into(), "crypto".into()],
+            StartAt::Committed,
+        );
         for i in 0..3 {
             bus.publish(BusRecord::now("weather", None, i.to_string()))
                 .unwrap();
@@ -134,17 +105,20 @@ mod tests {
         bus.publish(BusRecord::now("crypto", Some("btc"), "9".into()))
             .unwrap();
         for i in 0..3 {
-            assert_eq!(weather.recv().await.unwrap().payload, i.to_string());
-            assert_eq!(both.recv().await.unwrap().payload, i.to_string());
+            assert_eq!(weather.recv().await.unwrap().record.payload, i.to_string());
+            assert_eq!(both.recv().await.unwrap().record.payload, i.to_string());
         }
-        assert_eq!(both.recv().await.unwrap().key.as_deref(), Some("btc"));
+        assert_eq!(
+            both.recv().await.unwrap().record.key.as_deref(),
+            Some("btc")
+        );
         assert!(weather.try_recv().is_err(), "no crypto record for weather");
     }
 
     #[tokio::test]
     async fn dropped_subscribers_are_forgotten() {
         let bus = EmbeddedBus::new(Arc::new(Metrics::default()));
-        drop(bus.subscribe(&["t".into()]));
+        drop(bus.subscribe("t", &["t".into()], StartAt::Committed));
         bus.publish(BusRecord::now("t", None, "1".into())).unwrap();
         assert!(bus.subscribers.read()["t"].is_empty());
     }
