@@ -29,6 +29,7 @@ pub struct Config {
     pub dead_letter_topic: String,
     /// The Kafka bus; without `kafka.brokers` the gateway runs on the embedded bus.
     pub kafka: KafkaConfig,
+    pub reload: ReloadConfig,
 }
 
 impl Default for Config {
@@ -44,6 +45,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             dead_letter_topic: "flux.gateway.dead-letter".into(),
             kafka: KafkaConfig::default(),
+            reload: ReloadConfig::default(),
         }
     }
 }
@@ -144,6 +146,30 @@ impl Default for DemoConfig {
             ticker_every_ms: 250,
             snapshot_every_ms: 5_000,
             answer_after_ms: 50,
+        }
+    }
+}
+
+/// Hot reload of the plugin directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReloadConfig {
+    /// Watch the plugin directory and apply changes without a restart.
+    pub watch: bool,
+    /// Quiet time after the last change to a file before it is loaded.
+    pub debounce_ms: u64,
+    /// A new version that fails this many calls within the window is rolled back.
+    pub rollback_after_failures: usize,
+    pub rollback_window_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: true,
+            debounce_ms: 50,
+            rollback_after_failures: 5,
+            rollback_window_ms: 30_000,
         }
     }
 }

@@ -1,7 +1,6 @@
 //! The Socket.IO side: connection logging, `getUserId`, and routing every other client event
 //! to the plugins that declared it.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +19,8 @@ use socketioxide::socket::DisconnectReason;
 use crate::bus::Bus;
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::metrics::{self, Metrics};
-use crate::plugin::{CallFailure, ClientRequest, PluginHandle, RequestError};
+use crate::plugin::{CallFailure, ClientRequest, RequestError};
+use crate::plugins::PluginSet;
 
 /// How long a client request may wait for its plugins before the client gets an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -31,47 +31,9 @@ const MAX_CLIENT_MESSAGE: usize = 200;
 #[derive(Clone)]
 struct UserId(String);
 
-/// Why a plugin was not loaded, for `/admin/plugins`.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Rejected {
-    pub file: String,
-    pub reason: String,
-}
-
-/// The loaded plugins, with client events routed to the plugins that handle them.
-#[derive(Default)]
-pub struct Registry {
-    pub plugins: Vec<PluginHandle>,
-    pub rejected: Vec<Rejected>,
-    by_event: HashMap<String, Vec<PluginHandle>>,
-}
-
-impl Registry {
-    pub fn new(plugins: Vec<PluginHandle>, rejected: Vec<Rejected>) -> Self {
-        let mut by_event: HashMap<String, Vec<PluginHandle>> = HashMap::new();
-        for plugin in &plugins {
-            for event in &plugin.manifest.handles {
-                by_event
-                    .entry(event.clone())
-                    .or_default()
-                    .push(plugin.clone());
-            }
-        }
-        Self {
-            plugins,
-            rejected,
-            by_event,
-        }
-    }
-
-    fn handlers(&self, event: &str) -> &[PluginHandle] {
-        self.by_event.get(event).map_or(&[], Vec::as_slice)
-    }
-}
-
 /// What every socket handler shares.
 pub struct Gateway {
-    pub registry: Registry,
+    pub plugins: Arc<PluginSet>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
     pub bus: Arc<dyn Bus>,
@@ -138,7 +100,7 @@ impl Gateway {
         args: Option<Arguments>,
         ack: AckSender,
     ) {
-        let handlers = self.registry.handlers(&event);
+        let handlers = self.plugins.handlers(&event);
         let known = if handlers.is_empty() {
             "unknown"
         } else {
@@ -166,7 +128,7 @@ impl Gateway {
             user_id,
         };
 
-        let calls = handlers.iter().map(|plugin| {
+        let calls = handlers.iter().map(|(_, plugin)| {
             let request = request.clone();
             async move { tokio::time::timeout(REQUEST_TIMEOUT, plugin.on_request(request)).await }
         });
@@ -177,7 +139,7 @@ impl Gateway {
             first_reply: None,
         };
         let mut problems = Vec::new();
-        for (plugin, outcome) in handlers.iter().zip(outcomes) {
+        for ((slot, plugin), outcome) in handlers.iter().zip(outcomes) {
             let name = &plugin.manifest.name;
             match outcome {
                 Ok(Ok(Ok(actions))) => {
@@ -200,6 +162,7 @@ impl Gateway {
                     problems.push(format!("the {name} service could not handle {event}"));
                 }
                 Ok(Err(failure)) => {
+                    slot.failed(&failure);
                     let why = match failure {
                         CallFailure::Unavailable => "is unavailable",
                         _ => "could not handle the request",

@@ -24,7 +24,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
 /// Ready when plugins serve, the bus reaches its brokers, and every subscription has replayed
 /// its history into the cache (so a first client is hydrated at once).
 async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    let plugins = gateway.registry.plugins.len();
+    let plugins = gateway.plugins.len();
     let bus = gateway.bus.status();
     let ready = plugins > 0 && bus.connected && bus.caught_up;
     let status = if ready {
@@ -49,21 +49,6 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
 }
 
 async fn plugins(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
-    let active: Vec<_> = gateway
-        .registry
-        .plugins
-        .iter()
-        .map(|plugin| {
-            let m = &plugin.manifest;
-            json!({
-                "name": m.name,
-                "version": m.version,
-                "state": "active",
-                "consumes": m.consumes,
-                "handles": m.handles,
-                "publishes": m.publishes,
-            })
-        })
-        .collect();
-    Json(json!({ "plugins": active, "rejected": gateway.registry.rejected }))
+    let (plugins, rejected) = gateway.plugins.views();
+    Json(json!({ "plugins": plugins, "rejected": rejected }))
 }

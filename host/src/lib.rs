@@ -9,6 +9,8 @@
 //! - [`config`]: TOML configuration with environment overrides; unknown keys rejected.
 //! - [`bus`]: the bus seam (records as Kafka carries them), the embedded bus and the Kafka bus.
 //! - [`plugin`]: the WIT bindings, manifests, and the wasmtime runtime with per-call limits.
+//! - [`plugins`]: the live plugin set: load, canary, hot swap, unload, roll back.
+//! - [`watch`]: the plugin-directory watcher that drives hot reload.
 //! - [`pipeline`]: bus records and timers into plugins, in order and in batches.
 //! - [`dispatch`]: validating and applying plugin actions; room emits and hydration ordering.
 //! - [`cache`]: the snapshot cache (per-entry TTL) and the room index used for hydration.
@@ -26,11 +28,12 @@ pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod plugins;
 pub mod sim;
+pub mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,10 +45,11 @@ use crate::bus::{Bus, EmbeddedBus, KafkaBus, StartAt};
 use crate::cache::SnapshotCache;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::gateway::{Gateway, Registry, Rejected};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::pipeline::PipelineConfig;
-use crate::plugin::{PluginHandle, PluginRuntime};
+use crate::plugin::PluginRuntime;
+use crate::plugins::{BreakerConfig, PluginSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -71,7 +75,6 @@ pub async fn run(
         PluginRuntime::new(config.limits.clone(), cache.clone(), metrics.clone())
             .map_err(|e| RunError::Runtime(format!("{e:#}")))?,
     );
-    let (plugins, rejected) = load_plugins(&runtime, &config.plugin_dir).await?;
 
     let mut tasks = JoinSet::new();
     let (bus, kafka, start): (Arc<dyn Bus>, _, _) = if config.kafka.enabled() {
@@ -84,16 +87,7 @@ pub async fn run(
             KafkaBus::new(&config.kafka, &node_id, metrics.clone())
                 .map_err(|e| RunError::Bus(e.to_string()))?,
         );
-        let topics = plugins
-            .iter()
-            .flat_map(|p| p.manifest.consumes.iter().chain(&p.manifest.publishes))
-            .cloned()
-            .chain([config.dead_letter_topic.clone()])
-            .collect::<std::collections::BTreeSet<_>>();
-        tasks.spawn(KafkaBus::ensure_topics(
-            config.kafka.clone(),
-            topics.into_iter().collect(),
-        ));
+        kafka.prepare_topics(vec![config.dead_letter_topic.clone()]);
         tracing::info!(node = %node_id, brokers = %config.kafka.brokers, "using the Kafka bus");
         let start = StartAt::Replay(config.kafka.warm_start_records);
         (kafka.clone() as Arc<dyn Bus>, Some(kafka), start)
@@ -114,34 +108,50 @@ pub async fn run(
     let dispatcher = Arc::new(Dispatcher::new(
         io.clone(),
         bus.clone(),
-        cache,
+        cache.clone(),
         metrics.clone(),
         config.dedupe_window(),
     ));
 
-    let pipeline_config = PipelineConfig {
-        max_batch: config.limits.max_batch,
-        max_record_bytes: config.limits.max_record_bytes,
-        dead_letter_topic: config.dead_letter_topic.clone(),
-        start,
-    };
-    for plugin in &plugins {
-        pipeline::start(
-            plugin.clone(),
-            bus.clone(),
-            dispatcher.clone(),
-            metrics.clone(),
-            &pipeline_config,
-            &mut tasks,
-        );
-    }
+    let plugins = Arc::new(PluginSet::new(
+        runtime,
+        bus.clone(),
+        dispatcher.clone(),
+        cache,
+        metrics.clone(),
+        PipelineConfig {
+            max_batch: config.limits.max_batch,
+            max_record_bytes: config.limits.max_record_bytes,
+            dead_letter_topic: config.dead_letter_topic.clone(),
+            start,
+        },
+        BreakerConfig {
+            failures: config.reload.rollback_after_failures,
+            window: Duration::from_millis(config.reload.rollback_window_ms),
+        },
+    ));
+    // The upstream services exist before the gateway: a plugin's first command finds them.
     if config.demo.enabled {
         sim::start(bus.clone(), &config.demo, &mut tasks);
         tracing::info!("simulated upstream services are running on the gateway's bus");
     }
+    plugins
+        .load_dir(&config.plugin_dir)
+        .await
+        .map_err(|source| RunError::PluginDir {
+            dir: config.plugin_dir.display().to_string(),
+            source,
+        })?;
+    if config.reload.watch {
+        tasks.spawn(watch::watch_plugins(
+            config.plugin_dir.clone(),
+            Duration::from_millis(config.reload.debounce_ms),
+            plugins.clone(),
+        ));
+    }
 
     let gateway = Arc::new(Gateway {
-        registry: Registry::new(plugins, rejected),
+        plugins: plugins.clone(),
         dispatcher,
         metrics,
         bus,
@@ -161,10 +171,10 @@ pub async fn run(
     })
     .await?;
     tasks.shutdown().await;
+    plugins.shutdown().await;
     if let Some(kafka) = kafka {
         kafka.flush(Duration::from_secs(5));
     }
-    drop(runtime);
     Ok(())
 }
 
@@ -180,62 +190,4 @@ fn default_node_id(address: Option<SocketAddr>) -> String {
         Some(address) => format!("{host}-{}", address.port()),
         None => host,
     }
-}
-
-/// Loads every `*.wasm` in `dir` (sorted by name). A file that fails to load is logged and
-/// reported, and the others still load; so is a second plugin claiming a name already taken.
-pub async fn load_plugins(
-    runtime: &Arc<PluginRuntime>,
-    dir: &Path,
-) -> Result<(Vec<PluginHandle>, Vec<Rejected>), RunError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| RunError::PluginDir {
-        dir: dir.display().to_string(),
-        source,
-    })?;
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "wasm"))
-        .collect();
-    files.sort();
-
-    let (mut plugins, mut rejected) = (Vec::<PluginHandle>::new(), Vec::new());
-    for file in files {
-        let shown = file.display().to_string();
-        let loading = runtime.clone();
-        let path = file.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&path).map_err(|e| format!("cannot read: {e}"))?;
-            loading.load(&bytes).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("loader crashed: {e}")));
-        let outcome = outcome.and_then(|plugin| {
-            match plugins
-                .iter()
-                .find(|p| p.manifest.name == plugin.manifest.name)
-            {
-                Some(_) => Err(format!(
-                    "a plugin named {:?} is already loaded",
-                    plugin.manifest.name
-                )),
-                None => Ok(plugin),
-            }
-        });
-        match outcome {
-            Ok(plugin) => {
-                let m = &plugin.manifest;
-                tracing::info!(plugin = %m.name, version = %m.version, file = %shown, "plugin loaded");
-                plugins.push(plugin);
-            }
-            Err(reason) => {
-                tracing::error!(file = %shown, "plugin rejected: {reason}");
-                rejected.push(Rejected {
-                    file: shown,
-                    reason,
-                });
-            }
-        }
-    }
-    Ok((plugins, rejected))
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::IgnoredAny;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::bus::{Bus, BusRecord, Delivery, StartAt};
@@ -17,6 +17,7 @@ use crate::dispatch::{Dispatcher, Origin};
 use crate::metrics::{self, Metrics};
 use crate::plugin::runtime::RecordOutcome;
 use crate::plugin::{PluginHandle, WitRecord};
+use crate::plugins::{RecentRecords, Slot};
 
 /// How the pipeline treats records, from configuration.
 #[derive(Debug, Clone)]
@@ -27,32 +28,37 @@ pub struct PipelineConfig {
     pub start: StartAt,
 }
 
-/// Starts consuming `plugin`'s topics and firing its timers, as tasks in `tasks`.
+/// Starts consuming the slot's declared topics and firing its timers, as tasks in `tasks`,
+/// until the slot tells this generation of workers to stop.
 pub fn start(
-    plugin: PluginHandle,
+    slot: Arc<Slot>,
     bus: Arc<dyn Bus>,
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
+    recent: Arc<RecentRecords>,
     config: &PipelineConfig,
     tasks: &mut JoinSet<()>,
 ) {
-    if !plugin.manifest.consumes.is_empty() {
-        let deliveries = bus.subscribe(
-            &plugin.manifest.name,
-            &plugin.manifest.consumes,
-            config.start,
-        );
+    let manifest = slot.active().manifest;
+    if !manifest.consumes.is_empty() {
+        let deliveries = bus.subscribe(&manifest.name, &manifest.consumes, config.start);
         let consumer = Consumer {
-            plugin: plugin.clone(),
+            slot: slot.clone(),
             dispatcher: dispatcher.clone(),
             bus: bus.clone(),
             metrics,
+            recent,
             config: config.clone(),
         };
-        tasks.spawn(consumer.run(deliveries));
+        tasks.spawn(consumer.run(deliveries, slot.stopped()));
     }
-    for (name, every) in plugin.manifest.timers.clone() {
-        let (plugin, dispatcher, bus) = (plugin.clone(), dispatcher.clone(), bus.clone());
+    for (name, every) in manifest.timers.clone() {
+        let (slot, dispatcher, bus, mut stopped) = (
+            slot.clone(),
+            dispatcher.clone(),
+            bus.clone(),
+            slot.stopped(),
+        );
         tasks.spawn(async move {
             // A timer's commands would only be refused while the broker is unreachable.
             while !bus.status().connected {
@@ -61,14 +67,19 @@ pub fn start(
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = stopped.changed() => return,
+                    _ = ticks.tick() => {}
+                }
+                let plugin = slot.active();
                 match plugin.on_timer(name.clone()).await {
                     Ok(actions) => {
                         dispatcher.apply(&plugin.manifest, actions, Origin::Live);
                     }
-                    Err(failure) => tracing::warn!(
-                        plugin = %plugin.manifest.name, timer = %name, "timer failed: {failure}"
-                    ),
+                    Err(failure) => {
+                        tracing::warn!(plugin = %plugin.manifest.name, timer = %name, "timer failed: {failure}");
+                        slot.failed(&failure);
+                    }
                 }
             }
         });
@@ -76,27 +87,45 @@ pub fn start(
 }
 
 struct Consumer {
-    plugin: PluginHandle,
+    slot: Arc<Slot>,
     dispatcher: Arc<Dispatcher>,
     bus: Arc<dyn Bus>,
     metrics: Arc<Metrics>,
+    recent: Arc<RecentRecords>,
     config: PipelineConfig,
 }
 
 impl Consumer {
-    async fn run(self, mut deliveries: mpsc::Receiver<Delivery>) {
+    /// Processes batches until the deliveries end or this generation is stopped; a stop only
+    /// takes effect between batches, so no batch is left half applied.
+    async fn run(
+        self,
+        mut deliveries: mpsc::Receiver<Delivery>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
         let max_batch = self.config.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch);
-        while deliveries.recv_many(&mut batch, max_batch).await > 0 {
-            self.process(std::mem::take(&mut batch)).await;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stopped.changed() => return,
+                received = deliveries.recv_many(&mut batch, max_batch) => {
+                    if received == 0 {
+                        return;
+                    }
+                }
+            }
+            // The version to use is read once per batch: a swap takes effect between batches.
+            let plugin = self.slot.active();
+            self.process(&plugin, std::mem::take(&mut batch)).await;
         }
     }
 
-    async fn process(&self, batch: Vec<Delivery>) {
+    async fn process(&self, plugin: &PluginHandle, batch: Vec<Delivery>) {
         let mut accepted = Vec::with_capacity(batch.len());
         for delivery in batch {
             match self.defect(&delivery.record) {
-                Some(reason) => self.dead_letter(delivery, &reason),
+                Some(reason) => self.dead_letter(plugin, delivery, &reason),
                 None => accepted.push(delivery),
             }
         }
@@ -104,10 +133,10 @@ impl Consumer {
             return;
         }
         let records: Vec<WitRecord> = accepted.iter().map(|d| to_wit(&d.record)).collect();
-        match self.plugin.on_records(records).await {
+        match plugin.on_records(records).await {
             Ok(outcomes) if outcomes.len() == accepted.len() => {
                 for (delivery, outcome) in accepted.into_iter().zip(outcomes) {
-                    self.settle(delivery, outcome);
+                    self.settle(plugin, delivery, outcome);
                 }
             }
             Ok(outcomes) => {
@@ -116,29 +145,38 @@ impl Consumer {
                     outcomes.len(),
                     accepted.len()
                 );
-                accepted
-                    .into_iter()
-                    .for_each(|d| self.dead_letter(d, &reason));
+                for delivery in accepted {
+                    self.dead_letter(plugin, delivery, &reason);
+                }
             }
             // One bad record must not cost its neighbours: retry them one by one, each on a
             // fresh instance if the previous one trapped, to isolate the culprit.
-            Err(_) if accepted.len() > 1 => {
+            Err(failure) if accepted.len() > 1 => {
+                self.slot.failed(&failure);
                 for delivery in accepted {
-                    match self.plugin.on_records(vec![to_wit(&delivery.record)]).await {
+                    match plugin.on_records(vec![to_wit(&delivery.record)]).await {
                         Ok(mut outcomes) if outcomes.len() == 1 => {
                             let outcome = outcomes.pop().expect("one outcome");
-                            self.settle(delivery, outcome);
+                            self.settle(plugin, delivery, outcome);
                         }
-                        Ok(_) => self.dead_letter(delivery, "returned the wrong number of results"),
-                        Err(failure) => self.dead_letter(delivery, &format!("plugin {failure}")),
+                        Ok(_) => self.dead_letter(
+                            plugin,
+                            delivery,
+                            "returned the wrong number of results",
+                        ),
+                        Err(failure) => {
+                            self.slot.failed(&failure);
+                            self.dead_letter(plugin, delivery, &format!("plugin {failure}"));
+                        }
                     }
                 }
             }
             Err(failure) => {
+                self.slot.failed(&failure);
                 let reason = format!("plugin {failure}");
-                accepted
-                    .into_iter()
-                    .for_each(|d| self.dead_letter(d, &reason));
+                for delivery in accepted {
+                    self.dead_letter(plugin, delivery, &reason);
+                }
             }
         }
     }
@@ -157,10 +195,13 @@ impl Consumer {
             .map(|e| format!("not JSON: {e}"))
     }
 
-    fn settle(&self, delivery: Delivery, outcome: RecordOutcome) {
-        let manifest = &self.plugin.manifest;
+    fn settle(&self, plugin: &PluginHandle, delivery: Delivery, outcome: RecordOutcome) {
+        let manifest = &plugin.manifest;
         match outcome {
             Ok(actions) => {
+                if !delivery.replay {
+                    self.recent.remember(&delivery.record);
+                }
                 let origin = if delivery.replay {
                     Origin::Replay
                 } else {
@@ -178,13 +219,13 @@ impl Consumer {
                     .inc();
                 delivery.processed();
             }
-            Err(reason) => self.dead_letter(delivery, &reason),
+            Err(reason) => self.dead_letter(plugin, delivery, &reason),
         }
     }
 
     /// Counts, logs and forwards a record no plugin could process, with the reason in headers.
-    fn dead_letter(&self, delivery: Delivery, reason: &str) {
-        let plugin = &self.plugin.manifest.name;
+    fn dead_letter(&self, plugin: &PluginHandle, delivery: Delivery, reason: &str) {
+        let plugin = &plugin.manifest.name;
         let record = &delivery.record;
         tracing::warn!(plugin = %plugin, position = %record.position(), "record dead-lettered: {reason}");
         let labels = [
@@ -218,7 +259,7 @@ impl Consumer {
     }
 }
 
-fn to_wit(record: &BusRecord) -> WitRecord {
+pub fn to_wit(record: &BusRecord) -> WitRecord {
     WitRecord {
         topic: record.topic.clone(),
         key: record.key.clone(),

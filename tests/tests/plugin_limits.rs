@@ -9,12 +9,12 @@ use flux_gateway::cache::SnapshotCache;
 use flux_gateway::config::PluginLimits;
 use flux_gateway::dispatch::{Dispatcher, Origin};
 use flux_gateway::metrics::{self, Metrics};
-use flux_gateway::pipeline::{self, PipelineConfig};
+use flux_gateway::pipeline::PipelineConfig;
 use flux_gateway::plugin::{
     Action, CallFailure, ClientRequest, LoadError, PluginHandle, PluginRuntime, WitRecord,
 };
+use flux_gateway::plugins::{BreakerConfig, PluginSet};
 use flux_tests::wasm;
-use tokio::task::JoinSet;
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -182,7 +182,6 @@ async fn an_emit_into_an_undeclared_room_is_refused() {
 #[tokio::test]
 async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
     let host = host();
-    let fixture = host.runtime.load(&wasm("flux_fixture_misbehave")).unwrap();
     let (_layer, io) = socketioxide::SocketIo::new_layer();
     let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(host.metrics.clone()));
     let dispatcher = Arc::new(Dispatcher::new(
@@ -199,15 +198,24 @@ async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
         dead_letter_topic: "dead.letters".into(),
         start: StartAt::Committed,
     };
-    let mut tasks = JoinSet::new();
-    pipeline::start(
-        fixture,
+    let breaker = BreakerConfig {
+        failures: 100,
+        window: Duration::from_secs(1),
+    };
+    let plugins = PluginSet::new(
+        Arc::new(host.runtime),
         bus.clone(),
         dispatcher,
+        host.cache.clone(),
         host.metrics.clone(),
-        &config,
-        &mut tasks,
+        config,
+        breaker,
     );
+    let dir = std::env::temp_dir().join(format!("flux-poison-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("misbehave.wasm");
+    std::fs::write(&file, wasm("flux_fixture_misbehave")).unwrap();
+    assert!(plugins.load_file(&file).await.is_some());
 
     let oversized = format!("\"{}\"", "x".repeat(100));
     let payloads = [

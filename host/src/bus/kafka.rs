@@ -314,6 +314,10 @@ impl Bus for KafkaBus {
         receiver
     }
 
+    fn prepare_topics(&self, topics: Vec<String>) {
+        tokio::spawn(Self::ensure_topics(self.config.clone(), topics));
+    }
+
     fn status(&self) -> BusStatus {
         BusStatus {
             connected: self.health.connected.load(Ordering::Relaxed),

@@ -134,4 +134,9 @@ pub trait Bus: Send + Sync + 'static {
     fn subscribe(&self, name: &str, topics: &[String], from: StartAt) -> mpsc::Receiver<Delivery>;
 
     fn status(&self) -> BusStatus;
+
+    /// Makes sure `topics` exist, in the background, where the bus needs that (Kafka).
+    fn prepare_topics(&self, topics: Vec<String>) {
+        let _ = topics;
+    }
 }

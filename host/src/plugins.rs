@@ -1,0 +1,575 @@
+//! The live plugins: loading, hot swapping, unloading and rolling back, without losing or
+//! repeating a record and without touching a connection.
+//!
+//! Each plugin name is a [`Slot`] whose active version can change. The slot's consumer reads
+//! the active version once per batch, so a batch in flight finishes on the version it started
+//! with and every later batch goes to the new one. A new version is compiled off the async
+//! runtime, validated, and canaried (recent records of its topics replayed through it under its
+//! limits) before it is swapped in; a version that then fails repeatedly is rolled back.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::bus::{Bus, BusRecord};
+use crate::cache::SnapshotCache;
+use crate::dispatch::Dispatcher;
+use crate::metrics::{self, Metrics};
+use crate::pipeline::{self, PipelineConfig};
+use crate::plugin::{CallFailure, PluginHandle, PluginRuntime, WIT_VERSION, WitRecord};
+
+/// Failures within `window` that roll a new version back.
+#[derive(Debug, Clone)]
+pub struct BreakerConfig {
+    pub failures: usize,
+    pub window: Duration,
+}
+
+/// One loaded version of a plugin.
+#[derive(Clone)]
+pub struct Version {
+    pub handle: PluginHandle,
+    pub file: PathBuf,
+    pub digest: String,
+    pub loaded_at: SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotState {
+    Active,
+    RolledBack,
+}
+
+struct Health {
+    state: SlotState,
+    last_error: Option<String>,
+    failures: VecDeque<Instant>,
+    /// The digest rolled back from: the same bytes are not loaded again.
+    refused_digest: Option<String>,
+}
+
+impl Health {
+    fn fresh() -> Self {
+        Self {
+            state: SlotState::Active,
+            last_error: None,
+            failures: VecDeque::new(),
+            refused_digest: None,
+        }
+    }
+}
+
+/// A plugin name and its active version.
+pub struct Slot {
+    active: RwLock<Version>,
+    previous: Mutex<Option<Version>>,
+    health: Mutex<Health>,
+    breaker: BreakerConfig,
+    metrics: Arc<Metrics>,
+    /// Stops the slot's current consumer and timers (between batches): sent when the slot's
+    /// topics change (a new generation starts) or it is unloaded.
+    stop: Mutex<watch::Sender<bool>>,
+}
+
+impl Slot {
+    /// The version to use for the next batch or request.
+    pub fn active(&self) -> PluginHandle {
+        self.active.read().handle.clone()
+    }
+
+    pub fn name(&self) -> String {
+        self.active.read().handle.manifest.name.clone()
+    }
+
+    /// A receiver that turns `true` when the workers being started now should stop.
+    pub fn stopped(&self) -> watch::Receiver<bool> {
+        self.stop.lock().subscribe()
+    }
+
+    fn stop_workers(&self) {
+        let _ = self.stop.lock().send(true);
+    }
+
+    fn handles(&self, event: &str) -> bool {
+        self.active
+            .read()
+            .handle
+            .manifest
+            .handles
+            .iter()
+            .any(|e| e == event)
+    }
+
+    /// Counts a failed call of the active version; rolls back to the previous version when
+    /// the breaker trips. Returns whether it rolled back.
+    pub fn failed(&self, failure: &CallFailure) -> bool {
+        let mut health = self.health.lock();
+        health.last_error = Some(failure.to_string());
+        let now = Instant::now();
+        health.failures.push_back(now);
+        while health
+            .failures
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > self.breaker.window)
+        {
+            health.failures.pop_front();
+        }
+        if health.failures.len() < self.breaker.failures {
+            return false;
+        }
+        let Some(previous) = self.previous.lock().take() else {
+            return false;
+        };
+        let bad = std::mem::replace(&mut *self.active.write(), previous);
+        let good = self.active.read().handle.manifest.version.clone();
+        let message = format!(
+            "version {} ({}) failed {} times within {:?} ({failure}); rolled back to {good}",
+            bad.handle.manifest.version,
+            short(&bad.digest),
+            health.failures.len(),
+            self.breaker.window,
+        );
+        tracing::error!(plugin = %bad.handle.manifest.name, "{message}");
+        health.state = SlotState::RolledBack;
+        health.last_error = Some(message);
+        health.failures.clear();
+        health.refused_digest = Some(bad.digest);
+        self.metrics
+            .counter(
+                metrics::PLUGIN_RELOADS,
+                &[
+                    ("plugin", &bad.handle.manifest.name),
+                    ("outcome", "rolled_back"),
+                ],
+            )
+            .inc();
+        true
+    }
+}
+
+/// A file that did not load, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rejected {
+    pub file: String,
+    pub reason: String,
+    pub at_ms: u64,
+}
+
+/// What `GET /admin/plugins` shows of a slot.
+#[derive(Debug, Serialize)]
+pub struct SlotView {
+    pub name: String,
+    pub version: String,
+    pub wit_version: &'static str,
+    pub digest: String,
+    pub file: String,
+    pub state: SlotState,
+    pub loaded_at_ms: u64,
+    pub last_error: Option<String>,
+    pub consumes: Vec<String>,
+    pub handles: Vec<String>,
+}
+
+/// The latest records per topic, replayed through a new version before it goes live.
+#[derive(Default)]
+pub struct RecentRecords {
+    by_topic: Mutex<HashMap<String, VecDeque<BusRecord>>>,
+}
+
+const CANARY_RECORDS_PER_TOPIC: usize = 16;
+
+impl RecentRecords {
+    pub fn remember(&self, record: &BusRecord) {
+        let mut by_topic = self.by_topic.lock();
+        let recent = by_topic.entry(record.topic.clone()).or_default();
+        if recent.len() == CANARY_RECORDS_PER_TOPIC {
+            recent.pop_front();
+        }
+        recent.push_back(record.clone());
+    }
+
+    fn for_topics(&self, topics: &[String]) -> Vec<WitRecord> {
+        let by_topic = self.by_topic.lock();
+        topics
+            .iter()
+            .filter_map(|topic| by_topic.get(topic))
+            .flatten()
+            .map(pipeline::to_wit)
+            .collect()
+    }
+}
+
+/// What happened to a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Added(String),
+    Replaced {
+        name: String,
+        from: String,
+        to: String,
+    },
+    Unchanged(String),
+}
+
+/// Why a file was not loaded: the plugin's name when it got as far as describing itself.
+type LoadFailure = (Option<String>, String);
+
+pub struct PluginSet {
+    runtime: Arc<PluginRuntime>,
+    bus: Arc<dyn Bus>,
+    dispatcher: Arc<Dispatcher>,
+    cache: Arc<SnapshotCache>,
+    metrics: Arc<Metrics>,
+    pipeline: PipelineConfig,
+    breaker: BreakerConfig,
+    recent: Arc<RecentRecords>,
+    slots: Mutex<BTreeMap<String, Arc<Slot>>>,
+    /// The slots in name order, for the request path: cloned, never locked across a call.
+    snapshot: RwLock<Arc<Vec<Arc<Slot>>>>,
+    rejected: Mutex<BTreeMap<PathBuf, Rejected>>,
+    workers: Mutex<JoinSet<()>>,
+    /// Loads and unloads happen one at a time (the watcher and `load_dir` may overlap).
+    changing: tokio::sync::Mutex<()>,
+}
+
+impl PluginSet {
+    pub fn new(
+        runtime: Arc<PluginRuntime>,
+        bus: Arc<dyn Bus>,
+        dispatcher: Arc<Dispatcher>,
+        cache: Arc<SnapshotCache>,
+        metrics: Arc<Metrics>,
+        pipeline: PipelineConfig,
+        breaker: BreakerConfig,
+    ) -> Self {
+        Self {
+            runtime,
+            bus,
+            dispatcher,
+            cache,
+            metrics,
+            pipeline,
+            breaker,
+            recent: Arc::default(),
+            slots: Mutex::default(),
+            snapshot: RwLock::default(),
+            rejected: Mutex::default(),
+            workers: Mutex::new(JoinSet::new()),
+            changing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The plugins that handle client `event`, in name order, with their active versions.
+    pub fn handlers(&self, event: &str) -> Vec<(Arc<Slot>, PluginHandle)> {
+        self.snapshot
+            .read()
+            .iter()
+            .filter(|slot| slot.handles(event))
+            .map(|slot| (slot.clone(), slot.active()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Loads every `*.wasm` in `dir`, sorted by name.
+    pub async fn load_dir(&self, dir: &Path) -> std::io::Result<()> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| is_plugin_file(path))
+            .collect();
+        files.sort();
+        for file in files {
+            self.load_file(&file).await;
+        }
+        Ok(())
+    }
+
+    /// Loads, validates and canaries `file`, then adds it or swaps it in. On any failure the
+    /// running version (if any) keeps serving, and the reason is logged and kept for
+    /// `/admin/plugins`.
+    pub async fn load_file(&self, file: &Path) -> Option<LoadOutcome> {
+        let _one_at_a_time = self.changing.lock().await;
+        let started = Instant::now();
+        match self.try_load(file).await {
+            Ok(outcome) => {
+                self.rejected.lock().remove(file);
+                let took = started.elapsed();
+                match &outcome {
+                    LoadOutcome::Added(name) => {
+                        tracing::info!(plugin = %name, file = %file.display(), ?took, "plugin loaded");
+                    }
+                    LoadOutcome::Replaced { name, from, to } => {
+                        tracing::info!(plugin = %name, from = %from, to = %to, ?took, "plugin swapped");
+                    }
+                    LoadOutcome::Unchanged(_) => {}
+                }
+                Some(outcome)
+            }
+            Err((plugin, reason)) => {
+                tracing::error!(file = %file.display(), "plugin rejected: {reason}");
+                let plugin = plugin.as_deref().unwrap_or("unknown");
+                self.metrics
+                    .counter(
+                        metrics::PLUGIN_RELOADS,
+                        &[("plugin", plugin), ("outcome", "rejected")],
+                    )
+                    .inc();
+                let rejected = Rejected {
+                    file: file.display().to_string(),
+                    reason,
+                    at_ms: unix_ms(SystemTime::now()),
+                };
+                self.rejected.lock().insert(file.to_owned(), rejected);
+                None
+            }
+        }
+    }
+
+    async fn try_load(&self, file: &Path) -> Result<LoadOutcome, LoadFailure> {
+        let bytes = tokio::fs::read(file)
+            .await
+            .map_err(|e| (None, format!("cannot read: {e}")))?;
+        let digest = hex(&Sha256::digest(&bytes));
+        let owner = self.slot_of_file(file);
+        if let Some(slot) = &owner {
+            let name = slot.name();
+            if slot.active.read().digest == digest {
+                return Ok(LoadOutcome::Unchanged(name));
+            }
+            if slot.health.lock().refused_digest.as_deref() == Some(digest.as_str()) {
+                return Err((
+                    Some(name),
+                    "this build was rolled back; fix it and save again".into(),
+                ));
+            }
+        }
+        let runtime = self.runtime.clone();
+        let handle = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+            .await
+            .map_err(|e| (None, format!("loader crashed: {e}")))?
+            .map_err(|e| (None, e.to_string()))?;
+        let name = handle.manifest.name.clone();
+        let fail = |reason: String| (Some(name.clone()), reason);
+
+        let existing = self.slots.lock().get(&name).cloned();
+        if let Some(slot) = &existing {
+            let loaded_from = slot.active.read().file.clone();
+            if loaded_from != file {
+                return Err(fail(format!(
+                    "a plugin named {name:?} is already loaded from {}",
+                    loaded_from.display()
+                )));
+            }
+        }
+        self.canary(&handle).await.map_err(fail)?;
+        // The file used to hold a plugin with another name: that one goes away.
+        if let Some(previous_owner) = owner
+            && previous_owner.name() != name
+        {
+            self.unload(&previous_owner);
+        }
+
+        let version = Version {
+            handle,
+            file: file.to_owned(),
+            digest,
+            loaded_at: SystemTime::now(),
+        };
+        let outcome = match existing {
+            Some(slot) => self.swap(&slot, version),
+            None => self.add(version),
+        };
+        self.metrics
+            .counter(
+                metrics::PLUGIN_RELOADS,
+                &[("plugin", &name), ("outcome", "loaded")],
+            )
+            .inc();
+        Ok(outcome)
+    }
+
+    /// Replays recent records of the plugin's topics through it: a version that traps on what
+    /// production is sending right now never goes live.
+    async fn canary(&self, handle: &PluginHandle) -> Result<(), String> {
+        let records = self.recent.for_topics(&handle.manifest.consumes);
+        if records.is_empty() {
+            return Ok(());
+        }
+        let count = records.len();
+        handle
+            .on_records(records)
+            .await
+            .map(|_| ())
+            .map_err(|failure| format!("canary: {failure} on {count} recent records"))
+    }
+
+    fn add(&self, version: Version) -> LoadOutcome {
+        let name = version.handle.manifest.name.clone();
+        let slot = Arc::new(Slot {
+            active: RwLock::new(version),
+            previous: Mutex::new(None),
+            health: Mutex::new(Health::fresh()),
+            breaker: self.breaker.clone(),
+            metrics: self.metrics.clone(),
+            stop: Mutex::new(watch::channel(false).0),
+        });
+        self.start_workers(&slot);
+        self.slots.lock().insert(name.clone(), slot);
+        self.publish_snapshot();
+        LoadOutcome::Added(name)
+    }
+
+    fn swap(&self, slot: &Arc<Slot>, version: Version) -> LoadOutcome {
+        let name = version.handle.manifest.name.clone();
+        let to = version.handle.manifest.version.clone();
+        let old = std::mem::replace(&mut *slot.active.write(), version);
+        let from = old.handle.manifest.version.clone();
+        let changed = {
+            let new = &slot.active.read().handle.manifest;
+            old.handle.manifest.consumes != new.consumes || old.handle.manifest.timers != new.timers
+        };
+        *slot.previous.lock() = Some(old);
+        *slot.health.lock() = Health::fresh();
+        if changed {
+            // Consumption follows the declared topics: the old workers stop between batches
+            // and a new generation subscribes to the new topics.
+            tracing::info!(plugin = %name, "declared topics or timers changed; consumption follows");
+            slot.stop_workers();
+            *slot.stop.lock() = watch::channel(false).0;
+            self.start_workers(slot);
+        }
+        LoadOutcome::Replaced { name, from, to }
+    }
+
+    fn start_workers(&self, slot: &Arc<Slot>) {
+        let manifest = slot.active().manifest;
+        let topics = manifest
+            .consumes
+            .iter()
+            .chain(&manifest.publishes)
+            .cloned()
+            .collect();
+        self.bus.prepare_topics(topics);
+        let mut workers = self.workers.lock();
+        // Workers of stopped generations are reaped here.
+        while workers.try_join_next().is_some() {}
+        pipeline::start(
+            slot.clone(),
+            self.bus.clone(),
+            self.dispatcher.clone(),
+            self.metrics.clone(),
+            self.recent.clone(),
+            &self.pipeline,
+            &mut workers,
+        );
+    }
+
+    /// Unloads the plugin loaded from `file`: its rooms stop getting events, its cache is
+    /// dropped.
+    pub async fn unload_file(&self, file: &Path) -> Option<String> {
+        let _one_at_a_time = self.changing.lock().await;
+        self.rejected.lock().remove(file);
+        let slot = self.slot_of_file(file)?;
+        let name = self.unload(&slot);
+        tracing::info!(plugin = %name, file = %file.display(), "plugin unloaded");
+        Some(name)
+    }
+
+    fn unload(&self, slot: &Arc<Slot>) -> String {
+        let name = slot.name();
+        self.slots.lock().remove(&name);
+        slot.stop_workers();
+        self.cache.invalidate_plugin(&name);
+        self.publish_snapshot();
+        self.metrics
+            .counter(
+                metrics::PLUGIN_RELOADS,
+                &[("plugin", &name), ("outcome", "unloaded")],
+            )
+            .inc();
+        name
+    }
+
+    fn slot_of_file(&self, file: &Path) -> Option<Arc<Slot>> {
+        self.slots
+            .lock()
+            .values()
+            .find(|slot| slot.active.read().file == file)
+            .cloned()
+    }
+
+    fn publish_snapshot(&self) {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().values().cloned().collect();
+        *self.snapshot.write() = Arc::new(slots);
+    }
+
+    pub fn views(&self) -> (Vec<SlotView>, Vec<Rejected>) {
+        let views = self
+            .snapshot
+            .read()
+            .iter()
+            .map(|slot| {
+                let active = slot.active.read();
+                let health = slot.health.lock();
+                let m = &active.handle.manifest;
+                SlotView {
+                    name: m.name.clone(),
+                    version: m.version.clone(),
+                    wit_version: WIT_VERSION,
+                    digest: active.digest.clone(),
+                    file: active.file.display().to_string(),
+                    state: health.state,
+                    loaded_at_ms: unix_ms(active.loaded_at),
+                    last_error: health.last_error.clone(),
+                    consumes: m.consumes.clone(),
+                    handles: m.handles.clone(),
+                }
+            })
+            .collect();
+        (views, self.rejected.lock().values().cloned().collect())
+    }
+
+    /// Stops every consumer and timer.
+    pub async fn shutdown(&self) {
+        let mut workers = std::mem::take(&mut *self.workers.lock());
+        workers.shutdown().await;
+    }
+}
+
+/// Plugin files: `*.wasm`, not hidden (editors and `build-plugins.sh` write `.name.tmp` first).
+pub fn is_plugin_file(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == "wasm")
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| !n.starts_with('.'))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(12)]
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,118 @@
+//! Watches the plugin directory and turns file changes into loads and unloads.
+//!
+//! Editors and build tools write in several steps (truncate and write, or write a temporary
+//! file and rename it over the old one), so a path is handled only once it has been quiet for
+//! the debounce time, and hidden files (`.name.wasm.tmp`) are ignored until renamed. A file
+//! caught half-written still fails validation and is rejected while the old version serves;
+//! the write that completes it triggers another load. The directory watch is re-added if the
+//! directory is removed and created again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::plugins::{PluginSet, is_plugin_file};
+
+/// How often a lost directory watch is retried.
+const REWATCH_EVERY: Duration = Duration::from_secs(1);
+
+enum Signal {
+    Changed(PathBuf),
+    /// The directory itself went away, or the watcher failed: watch it again.
+    Lost,
+}
+
+/// Runs until the task is dropped.
+pub async fn watch_plugins(dir: PathBuf, debounce: Duration, plugins: Arc<PluginSet>) {
+    let (signals, mut received) = mpsc::unbounded_channel();
+    let watched = dir.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let signal = match event {
+            Ok(event)
+                if matches!(event.kind, EventKind::Remove(_))
+                    && event.paths.iter().any(|p| p == &watched) =>
+            {
+                Signal::Lost
+            }
+            Ok(event) => {
+                for path in event.paths {
+                    let _ = signals.send(Signal::Changed(path));
+                }
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("plugin directory watcher: {e}");
+                Signal::Lost
+            }
+        };
+        let _ = signals.send(signal);
+    });
+    let mut watcher = match watcher {
+        Ok(watcher) => watcher,
+        Err(e) => return tracing::error!("cannot watch plugins: {e}; hot reload is off"),
+    };
+    let mut watching = start_watching(&mut watcher, &dir);
+
+    let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
+    let mut rewatch = tokio::time::interval(REWATCH_EVERY);
+    loop {
+        let due = pending.values().min().map(|changed| *changed + debounce);
+        tokio::select! {
+            signal = received.recv() => match signal {
+                Some(Signal::Changed(path)) if is_plugin_file(&path) => {
+                    pending.insert(path, Instant::now());
+                }
+                Some(Signal::Changed(_)) => {}
+                Some(Signal::Lost) => watching = false,
+                None => return,
+            },
+            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                let now = Instant::now();
+                let ready: Vec<PathBuf> = pending
+                    .iter()
+                    .filter(|(_, changed)| now >= **changed + debounce)
+                    .map(|(path, _)| path.clone())
+                    .collect();
+                for path in ready {
+                    pending.remove(&path);
+                    apply(&plugins, &path).await;
+                }
+            }
+            _ = rewatch.tick(), if !watching => {
+                watching = start_watching(&mut watcher, &dir);
+                if watching {
+                    // Whatever happened while the directory was away: load what is there now.
+                    if let Err(e) = plugins.load_dir(&dir).await {
+                        tracing::warn!("cannot read {}: {e}", dir.display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn start_watching(watcher: &mut RecommendedWatcher, dir: &Path) -> bool {
+    match watcher.watch(dir, RecursiveMode::NonRecursive) {
+        Ok(()) => {
+            tracing::info!(dir = %dir.display(), "watching plugins for changes");
+            true
+        }
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), "cannot watch yet: {e}");
+            false
+        }
+    }
+}
+
+async fn apply(plugins: &PluginSet, path: &Path) {
+    if path.exists() {
+        plugins.load_file(path).await;
+    } else {
+        plugins.unload_file(path).await;
+    }
+}
