@@ -36,6 +36,6 @@ step "host unit tests and runtime-limit tests"
 cargo build --quiet --workspace --bins
 cargo test --workspace
 
-step "end-to-end: the client contract with socket.io-client, on the embedded bus and on Kafka"
+step "end-to-end with socket.io-client: the contract, hot reload, and the contract on Kafka"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
-(cd tests/e2e && node --test --test-concurrency=1 contract.test.mjs kafka.test.mjs)
+(cd tests/e2e && node --test --test-concurrency=1 contract.test.mjs reload.test.mjs kafka.test.mjs)

@@ -11,6 +11,7 @@ import { io } from "socket.io-client";
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const gatewayBin = process.env.FLUX_GATEWAY_BIN ?? join(root, "target/debug/flux-gateway");
 export const pluginDir = process.env.FLUX_PLUGIN_DIR ?? join(root, "target/plugins");
+export const wasmDir = process.env.FLUX_WASM_DIR ?? join(root, "target/wasm32-wasip2/release");
 
 export const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
 
@@ -27,10 +28,10 @@ export function withTimeout(promise, ms, what) {
  * Starts a gateway with `toml` as its configuration (plus the listen address and plugin
  * directory), waits until it reports ready, and returns how to reach and stop it.
  */
-export async function startGateway(toml = "", { args = [], waitReady = true } = {}) {
+export async function startGateway(toml = "", { args = [], waitReady = true, plugins = pluginDir } = {}) {
   const dir = mkdtempSync(join(tmpdir(), "flux-e2e-"));
   const config = join(dir, "gateway.toml");
-  writeFileSync(config, `listen = "127.0.0.1:0"\nplugin_dir = ${JSON.stringify(pluginDir)}\n${toml}\n`);
+  writeFileSync(config, `listen = "127.0.0.1:0"\nplugin_dir = ${JSON.stringify(plugins)}\n${toml}\n`);
   const child = spawn(gatewayBin, ["--config", config, ...args], {
     stdio: ["ignore", "pipe", "pipe"],
     env: { ...process.env, FLUX_LOG: process.env.FLUX_LOG ?? "info" },
