@@ -30,6 +30,8 @@ pub struct Config {
     /// The Kafka bus; without `kafka.brokers` the gateway runs on the embedded bus.
     pub kafka: KafkaConfig,
     pub reload: ReloadConfig,
+    /// Per-plugin overrides of `[limits]`, by plugin name: `[plugins.weather]`.
+    pub plugins: BTreeMap<String, PluginQuota>,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             dead_letter_topic: "flux.gateway.dead-letter".into(),
             kafka: KafkaConfig::default(),
             reload: ReloadConfig::default(),
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -69,6 +72,12 @@ pub struct PluginLimits {
     pub max_batch: usize,
     /// Larger records are dead-lettered without reaching a plugin.
     pub max_record_bytes: usize,
+    /// Most actions one guest call may return; the rest are refused.
+    pub max_actions: usize,
+    /// Largest payload of one action.
+    pub max_payload_bytes: usize,
+    /// Publishes per second (bursts up to one second's worth); 0: no limit.
+    pub publishes_per_sec: u32,
 }
 
 impl Default for PluginLimits {
@@ -78,6 +87,9 @@ impl Default for PluginLimits {
             memory_mb: 64,
             max_batch: 64,
             max_record_bytes: 1 << 20,
+            max_actions: 64,
+            max_payload_bytes: 256 * 1024,
+            publishes_per_sec: 100,
         }
     }
 }
@@ -147,6 +159,38 @@ impl Default for DemoConfig {
             snapshot_every_ms: 5_000,
             answer_after_ms: 50,
         }
+    }
+}
+
+/// One plugin's quotas, each overriding the `[limits]` default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginQuota {
+    pub call_timeout_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub max_actions: Option<usize>,
+    pub max_payload_bytes: Option<usize>,
+    pub publishes_per_sec: Option<u32>,
+}
+
+/// The defaults and the per-plugin overrides: what a plugin named `name` may use.
+#[derive(Debug, Clone, Default)]
+pub struct Quotas {
+    pub defaults: PluginLimits,
+    pub plugins: BTreeMap<String, PluginQuota>,
+}
+
+impl Quotas {
+    pub fn for_plugin(&self, name: &str) -> PluginLimits {
+        let mut limits = self.defaults.clone();
+        if let Some(quota) = self.plugins.get(name) {
+            limits.call_timeout_ms = quota.call_timeout_ms.unwrap_or(limits.call_timeout_ms);
+            limits.memory_mb = quota.memory_mb.unwrap_or(limits.memory_mb);
+            limits.max_actions = quota.max_actions.unwrap_or(limits.max_actions);
+            limits.max_payload_bytes = quota.max_payload_bytes.unwrap_or(limits.max_payload_bytes);
+            limits.publishes_per_sec = quota.publishes_per_sec.unwrap_or(limits.publishes_per_sec);
+        }
+        limits
     }
 }
 
@@ -302,6 +346,13 @@ impl Config {
         Ok(())
     }
 
+    pub fn quotas(&self) -> Quotas {
+        Quotas {
+            defaults: self.limits.clone(),
+            plugins: self.plugins.clone(),
+        }
+    }
+
     pub fn dedupe_window(&self) -> Duration {
         Duration::from_millis(self.dedupe_window_ms)
     }
@@ -338,6 +389,21 @@ mod tests {
             .unwrap();
         assert_eq!(config.dedupe_window_ms, 99);
         assert!(config.demo.enabled);
+    }
+
+    #[test]
+    fn per_plugin_quotas_override_the_defaults() {
+        let config = Config::from_toml(
+            "[limits]\nmax_actions = 10\n[plugins.weather]\nmax_actions = 3\nmemory_mb = 8\n",
+        )
+        .unwrap();
+        let quotas = config.quotas();
+        assert_eq!(quotas.for_plugin("weather").max_actions, 3);
+        assert_eq!(quotas.for_plugin("weather").memory_mb, 8);
+        assert_eq!(quotas.for_plugin("weather").call_timeout_ms, 250);
+        assert_eq!(quotas.for_plugin("crypto").max_actions, 10);
+        let err = Config::from_toml("[plugins.weather]\nmax_action = 3\n").unwrap_err();
+        assert!(err.contains("max_action"), "{err}");
     }
 
     #[test]

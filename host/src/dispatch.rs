@@ -6,9 +6,10 @@
 //! either joins before a live event (and gets it live, after its snapshot) or after it (and
 //! gets it as its snapshot): a stale snapshot never arrives after a newer live event.
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use parking_lot::{Mutex, MutexGuard};
@@ -19,7 +20,7 @@ use socketioxide::extract::SocketRef;
 use crate::bus::{Bus, BusRecord, PublishError};
 use crate::cache::{Entry, Hydration, SnapshotCache};
 use crate::metrics::{self, Metrics};
-use crate::plugin::{Action, Manifest};
+use crate::plugin::{Action, PluginHandle};
 
 const ROOM_GATE_STRIPES: usize = 256;
 
@@ -36,6 +37,8 @@ pub enum ActionRefused {
     NeedsSocket(&'static str),
     #[error("{0} payload is not valid JSON")]
     InvalidJson(&'static str),
+    #[error("over quota: {0}")]
+    Quota(String),
     #[error("publish to {topic:?} failed: {source}")]
     Publish { topic: String, source: PublishError },
 }
@@ -45,6 +48,7 @@ impl ActionRefused {
     fn kind(&self) -> &'static str {
         match self {
             Self::Publish { .. } => "publish",
+            Self::Quota(_) => "quota",
             _ => "invalid_action",
         }
     }
@@ -103,6 +107,14 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     gates: RoomGates,
     recent_publishes: moka::sync::Cache<(String, String), ()>,
+    /// Per plugin name (so it survives a reload): a token bucket of publishes.
+    publish_budgets: Mutex<HashMap<String, Budget>>,
+}
+
+/// Tokens refill at `rate` per second up to one second's worth.
+struct Budget {
+    tokens: f64,
+    refilled: Instant,
 }
 
 impl Dispatcher {
@@ -123,6 +135,7 @@ impl Dispatcher {
                 .max_capacity(1_000_000)
                 .time_to_live(dedupe_window)
                 .build(),
+            publish_budgets: Mutex::default(),
         }
     }
 
@@ -130,15 +143,35 @@ impl Dispatcher {
     /// apply.
     pub fn apply(
         &self,
-        manifest: &Manifest,
-        actions: Vec<Action>,
+        plugin: &PluginHandle,
+        mut actions: Vec<Action>,
         mut origin: Origin<'_>,
     ) -> Applied {
-        let mut applied = Applied::default();
+        let manifest = &plugin.manifest;
+        let limits = &plugin.limits;
+        let mut refusals = Vec::new();
+        if actions.len() > limits.max_actions {
+            refusals.push(ActionRefused::Quota(format!(
+                "returned {} actions; its quota is {}",
+                actions.len(),
+                limits.max_actions
+            )));
+            actions.truncate(limits.max_actions);
+        }
         for action in actions {
-            let Err(why) = self.apply_one(manifest, action, &mut origin) else {
-                continue;
+            let outcome = match payload_len(&action) {
+                Some(len) if len > limits.max_payload_bytes => Err(ActionRefused::Quota(format!(
+                    "a {len}-byte payload; its quota is {}",
+                    limits.max_payload_bytes
+                ))),
+                _ => self.apply_one(plugin, action, &mut origin),
             };
+            if let Err(why) = outcome {
+                refusals.push(why);
+            }
+        }
+        let mut applied = Applied::default();
+        for why in refusals {
             applied.refused += 1;
             applied.unavailable |= matches!(
                 why,
@@ -160,10 +193,11 @@ impl Dispatcher {
 
     fn apply_one(
         &self,
-        manifest: &Manifest,
+        plugin: &PluginHandle,
         action: Action,
         origin: &mut Origin<'_>,
     ) -> Result<(), ActionRefused> {
+        let manifest = &plugin.manifest;
         let replay = matches!(origin, Origin::Replay);
         match action {
             Action::Emit(emit) => {
@@ -235,6 +269,12 @@ impl Dispatcher {
                     // History already had its commands answered.
                     return Ok(());
                 }
+                if !self.publish_allowed(&manifest.name, plugin.limits.publishes_per_sec) {
+                    return Err(ActionRefused::Quota(format!(
+                        "more than {} publishes per second",
+                        plugin.limits.publishes_per_sec
+                    )));
+                }
                 if let Some(dedupe_key) = publish.dedupe_key {
                     let seen = (publish.topic.clone(), dedupe_key);
                     if !self
@@ -277,6 +317,28 @@ impl Dispatcher {
         }
     }
 
+    fn publish_allowed(&self, plugin: &str, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let rate = f64::from(rate);
+        let mut budgets = self.publish_budgets.lock();
+        let now = Instant::now();
+        let budget = budgets.entry(plugin.to_owned()).or_insert(Budget {
+            tokens: rate,
+            refilled: now,
+        });
+        budget.tokens =
+            (budget.tokens + now.duration_since(budget.refilled).as_secs_f64() * rate).min(rate);
+        budget.refilled = now;
+        if budget.tokens >= 1.0 {
+            budget.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     fn emit_to_room(&self, room: &str, event: &str, payload: &RawValue) {
         // `io.to` panics while no namespace is attached; a record must never take its
         // consumer down, so look the namespace up instead.
@@ -307,6 +369,17 @@ impl Dispatcher {
                 self.metrics.counter(metrics::HYDRATIONS, &[]).inc();
             }
         }
+    }
+}
+
+/// The size of the payload an action carries, if it carries one.
+fn payload_len(action: &Action) -> Option<usize> {
+    match action {
+        Action::Emit(emit) => Some(emit.payload.len()),
+        Action::Reply(reply) => Some(reply.payload.len()),
+        Action::CachePut(put) => Some(put.payload.len()),
+        Action::Publish(publish) => Some(publish.payload.len()),
+        Action::Join(_) | Action::CacheInvalidate(_) => None,
     }
 }
 

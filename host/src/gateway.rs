@@ -143,11 +143,9 @@ impl Gateway {
             let name = &plugin.manifest.name;
             match outcome {
                 Ok(Ok(Ok(actions))) => {
-                    let applied = self.dispatcher.apply(
-                        &plugin.manifest,
-                        actions,
-                        Origin::Request(&mut context),
-                    );
+                    let applied =
+                        self.dispatcher
+                            .apply(plugin, actions, Origin::Request(&mut context));
                     if applied.unavailable {
                         problems.push(format!(
                             "{name} data cannot be refreshed right now; try again shortly"

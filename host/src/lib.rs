@@ -72,7 +72,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(SnapshotCache::new(config.cache.max_entries));
     let runtime = Arc::new(
-        PluginRuntime::new(config.limits.clone(), cache.clone(), metrics.clone())
+        PluginRuntime::new(config.quotas(), cache.clone(), metrics.clone())
             .map_err(|e| RunError::Runtime(format!("{e:#}")))?,
     );
 

@@ -74,7 +74,7 @@ pub fn start(
                 let plugin = slot.active();
                 match plugin.on_timer(name.clone()).await {
                     Ok(actions) => {
-                        dispatcher.apply(&plugin.manifest, actions, Origin::Live);
+                        dispatcher.apply(&plugin, actions, Origin::Live);
                     }
                     Err(failure) => {
                         tracing::warn!(plugin = %plugin.manifest.name, timer = %name, "timer failed: {failure}");
@@ -207,7 +207,7 @@ impl Consumer {
                 } else {
                     Origin::Live
                 };
-                self.dispatcher.apply(manifest, actions, origin);
+                self.dispatcher.apply(plugin, actions, origin);
                 self.metrics
                     .counter(
                         metrics::RECORDS,

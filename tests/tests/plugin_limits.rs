@@ -1,12 +1,13 @@
 //! The plugin runtime's limits, exercised with a fixture plugin that misbehaves on demand:
 //! each failure costs only the failing call, and the other plugins keep serving.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flux_gateway::bus::{Bus, BusRecord, EmbeddedBus, StartAt};
 use flux_gateway::cache::SnapshotCache;
-use flux_gateway::config::PluginLimits;
+use flux_gateway::config::{PluginLimits, PluginQuota, Quotas};
 use flux_gateway::dispatch::{Dispatcher, Origin};
 use flux_gateway::metrics::{self, Metrics};
 use flux_gateway::pipeline::PipelineConfig;
@@ -25,14 +26,22 @@ struct Host {
 }
 
 fn host() -> Host {
+    host_with(BTreeMap::new())
+}
+
+fn host_with(plugins: BTreeMap<String, PluginQuota>) -> Host {
     let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(SnapshotCache::new(1_000));
-    let limits = PluginLimits {
+    let defaults = PluginLimits {
         call_timeout_ms: CALL_TIMEOUT.as_millis() as u64,
         memory_mb: 16,
+        max_actions: 10,
+        max_payload_bytes: 1_024,
+        publishes_per_sec: 5,
         ..PluginLimits::default()
     };
-    let runtime = PluginRuntime::new(limits, cache.clone(), metrics.clone()).unwrap();
+    let runtime =
+        PluginRuntime::new(Quotas { defaults, plugins }, cache.clone(), metrics.clone()).unwrap();
     Host {
         runtime,
         metrics,
@@ -163,16 +172,12 @@ async fn an_emit_into_an_undeclared_room_is_refused() {
     let rogue = outcomes.pop().unwrap().unwrap();
     assert!(matches!(&rogue[0], Action::Emit(e) if e.room == "crypto.global"));
     assert_eq!(
-        dispatcher
-            .apply(&fixture.manifest, rogue, Origin::Live)
-            .refused,
+        dispatcher.apply(&fixture, rogue, Origin::Live).refused,
         1,
         "forged crypto emit refused"
     );
     assert_eq!(
-        dispatcher
-            .apply(&fixture.manifest, ok, Origin::Live)
-            .refused,
+        dispatcher.apply(&fixture, ok, Origin::Live).refused,
         0,
         "its own room is fine"
     );
@@ -279,6 +284,73 @@ async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
         reasons[3].starts_with("unknown fixture command"),
         "{reasons:?}"
     );
+}
+
+#[tokio::test]
+async fn quotas_are_enforced_per_plugin_and_counted_for_that_plugin_only() {
+    let overrides = BTreeMap::from([(
+        "misbehave".to_string(),
+        PluginQuota {
+            max_actions: Some(20),
+            ..PluginQuota::default()
+        },
+    )]);
+    let host = host_with(overrides);
+    let (fixture, crypto) = load_both(&host);
+    assert_eq!(fixture.limits.max_actions, 20, "the per-plugin override");
+    assert_eq!(crypto.limits.max_actions, 10, "the default");
+    let (_layer, io) = socketioxide::SocketIo::new_layer();
+    io.ns("/", async |_: socketioxide::extract::SocketRef| {});
+    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(host.metrics.clone()));
+    let mut published = bus.subscribe("out", &["fixture.out".into()], StartAt::Committed);
+    let dispatcher = Dispatcher::new(
+        io,
+        bus,
+        host.cache.clone(),
+        host.metrics.clone(),
+        Duration::from_secs(1),
+    );
+    let emits = host.metrics.counter(metrics::ROOM_EMITS, &[]);
+
+    let mut outcomes = fixture
+        .on_records(vec![record("flood"), record("big"), record("spam")])
+        .await
+        .unwrap();
+    let spam = outcomes.pop().unwrap().unwrap();
+    let big = outcomes.pop().unwrap().unwrap();
+    let flood = outcomes.pop().unwrap().unwrap();
+
+    assert_eq!(dispatcher.apply(&fixture, flood, Origin::Live).refused, 1);
+    assert_eq!(
+        emits.get(),
+        20,
+        "the first 20 actions apply, the rest are refused"
+    );
+    assert_eq!(
+        dispatcher.apply(&fixture, big, Origin::Live).refused,
+        1,
+        "a 100 kB payload"
+    );
+    assert_eq!(emits.get(), 20);
+    // 30 publishes: cut to the 20-action quota (one refusal), then 5 per second with a bucket
+    // of one second's worth: 5 go out, 15 are refused.
+    assert_eq!(dispatcher.apply(&fixture, spam, Origin::Live).refused, 16);
+    let mut delivered = 0;
+    while published.try_recv().is_ok() {
+        delivered += 1;
+    }
+    assert_eq!(delivered, 5);
+    assert_eq!(errors(&host, "quota"), 18);
+    let crypto_quota = host.metrics.counter(
+        metrics::PLUGIN_ERRORS,
+        &[("plugin", "crypto"), ("kind", "quota")],
+    );
+    assert_eq!(
+        crypto_quota.get(),
+        0,
+        "counted for the offending plugin only"
+    );
+    crypto_still_serves(&crypto).await;
 }
 
 #[test]

@@ -20,7 +20,7 @@ use super::bindings::flux::gateway::host::LogLevel;
 use super::bindings::{Plugin, PluginPre};
 use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord};
 use crate::cache::SnapshotCache;
-use crate::config::PluginLimits;
+use crate::config::{PluginLimits, Quotas};
 use crate::metrics::{self, Counter, Histogram, Metrics};
 
 /// How often the epoch advances; call deadlines are measured in these ticks.
@@ -80,7 +80,7 @@ impl CallFailure {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<GuestState>,
-    limits: PluginLimits,
+    quotas: Quotas,
     cache: Arc<SnapshotCache>,
     metrics: Arc<Metrics>,
     ticker_stop: Arc<AtomicBool>,
@@ -94,7 +94,7 @@ impl Drop for PluginRuntime {
 
 impl PluginRuntime {
     pub fn new(
-        limits: PluginLimits,
+        quotas: Quotas,
         cache: Arc<SnapshotCache>,
         metrics: Arc<Metrics>,
     ) -> wasmtime::Result<Self> {
@@ -122,7 +122,7 @@ impl PluginRuntime {
         Ok(Self {
             engine,
             linker,
-            limits,
+            quotas,
             cache,
             metrics,
             ticker_stop,
@@ -151,14 +151,16 @@ impl PluginRuntime {
             .and_then(PluginPre::new)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
 
+        // Until the plugin has named itself, the defaults apply.
+        let defaults = self.quotas.defaults.clone();
         let mut worker = Worker {
             pre,
             instance: None,
             engine: self.engine.clone(),
-            limits: self.limits.clone(),
+            deadline_ticks: deadline_ticks(defaults.call_timeout()),
+            limits: defaults,
             cache: self.cache.clone(),
             identity: Identity::unnamed(),
-            deadline_ticks: deadline_ticks(self.limits.call_timeout()),
             probes: None,
         };
         let info = worker
@@ -166,11 +168,16 @@ impl PluginRuntime {
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let manifest = Arc::new(Manifest::from_info(info).map_err(LoadError::InvalidDescription)?);
         worker.identity = Identity::of(&manifest);
+        let limits = Arc::new(self.quotas.for_plugin(&manifest.name));
+        worker.limits = (*limits).clone();
+        worker.deadline_ticks = deadline_ticks(limits.call_timeout());
         if let Some((store, _)) = worker.instance.as_mut() {
-            // The instance that described the plugin serves on: give it the plugin's identity,
-            // which scopes its cache reads and tags its logs.
-            store.data_mut().plugin = worker.identity.name.clone();
-            store.data_mut().version = worker.identity.version.clone();
+            // The instance that described the plugin serves on: give it the plugin's identity
+            // (which scopes its cache reads and tags its logs) and its own memory quota.
+            let state = store.data_mut();
+            state.plugin = worker.identity.name.clone();
+            state.version = worker.identity.version.clone();
+            state.limiter.max_bytes = limits.memory_bytes();
         }
         worker.probes = Some(Probes::new(&self.metrics, &manifest.name));
 
@@ -179,7 +186,11 @@ impl PluginRuntime {
             .name(format!("plugin-{}", manifest.name))
             .spawn(move || worker.serve(queue))
             .map_err(|e| LoadError::Link(format!("cannot start its worker thread: {e}")))?;
-        Ok(PluginHandle { manifest, jobs })
+        Ok(PluginHandle {
+            manifest,
+            limits,
+            jobs,
+        })
     }
 
     /// Rejects a plugin built against an incompatible `flux:gateway` version with both
@@ -229,6 +240,8 @@ fn deadline_ticks(timeout: Duration) -> u64 {
 #[derive(Clone)]
 pub struct PluginHandle {
     pub manifest: Arc<Manifest>,
+    /// This plugin's limits and quotas (`[limits]` with its `[plugins.NAME]` overrides).
+    pub limits: Arc<PluginLimits>,
     jobs: mpsc::Sender<Job>,
 }
 
