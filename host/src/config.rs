@@ -205,6 +205,8 @@ pub struct ReloadConfig {
     /// A new version that fails this many calls within the window is rolled back.
     pub rollback_after_failures: usize,
     pub rollback_window_ms: u64,
+    /// Compiled plugins, by content and engine (default: `.cache` in the plugin directory).
+    pub precompiled_dir: Option<PathBuf>,
 }
 
 impl Default for ReloadConfig {
@@ -214,6 +216,7 @@ impl Default for ReloadConfig {
             debounce_ms: 50,
             rollback_after_failures: 5,
             rollback_window_ms: 30_000,
+            precompiled_dir: None,
         }
     }
 }
@@ -351,6 +354,13 @@ impl Config {
             defaults: self.limits.clone(),
             plugins: self.plugins.clone(),
         }
+    }
+
+    pub fn precompiled_dir(&self) -> PathBuf {
+        self.reload
+            .precompiled_dir
+            .clone()
+            .unwrap_or_else(|| self.plugin_dir.join(".cache"))
     }
 
     pub fn dedupe_window(&self) -> Duration {

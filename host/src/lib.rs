@@ -72,8 +72,13 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(SnapshotCache::new(config.cache.max_entries));
     let runtime = Arc::new(
-        PluginRuntime::new(config.quotas(), cache.clone(), metrics.clone())
-            .map_err(|e| RunError::Runtime(format!("{e:#}")))?,
+        PluginRuntime::new(
+            config.quotas(),
+            Some(config.precompiled_dir()),
+            cache.clone(),
+            metrics.clone(),
+        )
+        .map_err(|e| RunError::Runtime(format!("{e:#}")))?,
     );
 
     let mut tasks = JoinSet::new();

@@ -40,8 +40,13 @@ fn host_with(plugins: BTreeMap<String, PluginQuota>) -> Host {
         publishes_per_sec: 5,
         ..PluginLimits::default()
     };
-    let runtime =
-        PluginRuntime::new(Quotas { defaults, plugins }, cache.clone(), metrics.clone()).unwrap();
+    let runtime = PluginRuntime::new(
+        Quotas { defaults, plugins },
+        None,
+        cache.clone(),
+        metrics.clone(),
+    )
+    .unwrap();
     Host {
         runtime,
         metrics,
@@ -351,6 +356,45 @@ async fn quotas_are_enforced_per_plugin_and_counted_for_that_plugin_only() {
         "counted for the offending plugin only"
     );
     crypto_still_serves(&crypto).await;
+}
+
+#[test]
+fn a_restart_loads_precompiled_plugins_instead_of_compiling() {
+    let dir = std::env::temp_dir().join(format!("flux-precompiled-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let start = || {
+        let metrics = Arc::new(Metrics::default());
+        let cache = Arc::new(SnapshotCache::new(10));
+        let runtime =
+            PluginRuntime::new(Quotas::default(), Some(dir.clone()), cache, metrics.clone())
+                .unwrap();
+        (runtime, metrics)
+    };
+    let compiles = |metrics: &Metrics, source| {
+        metrics
+            .counter(metrics::PLUGIN_COMPILES, &[("source", source)])
+            .get()
+    };
+
+    let (first, metrics) = start();
+    first.load(&wasm("flux_crypto")).unwrap();
+    assert_eq!(
+        (compiles(&metrics, "compiled"), compiles(&metrics, "cache")),
+        (1, 0)
+    );
+    drop(first);
+
+    let (second, metrics) = start();
+    let crypto = second.load(&wasm("flux_crypto")).unwrap();
+    assert_eq!(
+        (compiles(&metrics, "compiled"), compiles(&metrics, "cache")),
+        (0, 1),
+        "no recompilation"
+    );
+    assert_eq!(crypto.manifest.name, "crypto");
+    second.load(&wasm("flux_news")).unwrap();
+    assert_eq!(compiles(&metrics, "compiled"), 1, "new bytes are compiled");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

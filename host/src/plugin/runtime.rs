@@ -7,10 +7,13 @@
 //! the other plugins never notice. Guest code only ever runs on the workers, never on the async
 //! runtime's threads.
 
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
@@ -81,6 +84,9 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<GuestState>,
     quotas: Quotas,
+    /// Where compiled components are kept, keyed by content and engine: a restart or a
+    /// reload of bytes seen before does not compile again.
+    precompiled: Option<PathBuf>,
     cache: Arc<SnapshotCache>,
     metrics: Arc<Metrics>,
     ticker_stop: Arc<AtomicBool>,
@@ -95,6 +101,7 @@ impl Drop for PluginRuntime {
 impl PluginRuntime {
     pub fn new(
         quotas: Quotas,
+        precompiled: Option<PathBuf>,
         cache: Arc<SnapshotCache>,
         metrics: Arc<Metrics>,
     ) -> wasmtime::Result<Self> {
@@ -123,6 +130,7 @@ impl PluginRuntime {
             engine,
             linker,
             quotas,
+            precompiled,
             cache,
             metrics,
             ticker_stop,
@@ -142,8 +150,7 @@ impl PluginRuntime {
         if !wasm.starts_with(&COMPONENT_HEADER) {
             return Err(LoadError::CoreModule);
         }
-        let component =
-            Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let component = self.compile(wasm)?;
         self.check_wit_version(&component)?;
         let pre = self
             .linker
@@ -193,6 +200,50 @@ impl PluginRuntime {
         })
     }
 
+    /// Compiles `wasm`, or loads what an earlier compilation of the same bytes by a compatible
+    /// engine left in the precompiled cache.
+    fn compile(&self, wasm: &[u8]) -> Result<Component, LoadError> {
+        let cached = self.precompiled.as_ref().map(|dir| {
+            let mut engine = std::collections::hash_map::DefaultHasher::new();
+            self.engine
+                .precompile_compatibility_hash()
+                .hash(&mut engine);
+            let digest: String = Sha256::digest(wasm)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            dir.join(format!("{digest}-{:016x}.cwasm", engine.finish()))
+        });
+        if let Some(path) = &cached
+            && path.exists()
+        {
+            // SAFETY: only this runtime writes this directory, with artifacts it serialized
+            // itself for this engine configuration; it is as trusted as the plugin directory.
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(component) => {
+                    self.metrics
+                        .counter(metrics::PLUGIN_COMPILES, &[("source", "cache")])
+                        .inc();
+                    return Ok(component);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring an unusable precompiled plugin: {e:#}")
+                }
+            }
+        }
+        let component =
+            Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        self.metrics
+            .counter(metrics::PLUGIN_COMPILES, &[("source", "compiled")])
+            .inc();
+        if let Some(path) = &cached
+            && let Err(e) = store_precompiled(&component, path)
+        {
+            tracing::warn!(path = %path.display(), "cannot keep the precompiled plugin: {e}");
+        }
+        Ok(component)
+    }
+
     /// Rejects a plugin built against an incompatible `flux:gateway` version with both
     /// versions named, before the linker's less helpful "no matching implementation".
     fn check_wit_version(&self, component: &Component) -> Result<(), LoadError> {
@@ -215,6 +266,17 @@ impl PluginRuntime {
         }
         Ok(())
     }
+}
+
+/// Writes then renames: a concurrent reader never sees half an artifact.
+fn store_precompiled(component: &Component, path: &Path) -> std::io::Result<()> {
+    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, bytes)?;
+    std::fs::rename(&partial, path)
 }
 
 /// Cargo's rule: same major, or for `0.x` the same minor.
