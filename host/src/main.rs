@@ -20,7 +20,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// TOML configuration file.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long)]

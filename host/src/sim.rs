@@ -97,6 +97,11 @@ pub fn start(bus: Arc<dyn Bus>, config: &DemoConfig, tasks: &mut JoinSet<()>) {
     tasks.spawn(async move {
         let mut commands = commands;
         while let Some(command) = commands.recv().await {
+            // An answer published before the bus is connected would be refused; the command
+            // waits (its offset is stored only once it is answered).
+            while !bus.status().connected {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             let (bus, market) = (bus.clone(), market.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(answer_after).await;

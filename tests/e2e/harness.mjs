@@ -4,7 +4,7 @@
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
 
@@ -164,11 +164,16 @@ async function accepting(port) {
 export async function startBroker({ port, sqliteFile } = {}) {
   port ??= await freePort();
   const url = `tcp://127.0.0.1:${port}`;
-  const storage = sqliteFile ? `sqlite://${sqliteFile}` : "memory://tansu/";
+  // tansu resolves a SQLite path relative to its working directory.
+  const storage = sqliteFile ? `sqlite://${basename(sqliteFile)}` : "memory://tansu/";
   const child = spawn(
     tansuBin,
     ["broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", storage],
-    { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "warn" } },
+    {
+      cwd: sqliteFile ? dirname(sqliteFile) : undefined,
+      stdio: ["ignore", "ignore", "pipe"],
+      env: { ...process.env, RUST_LOG: "warn" },
+    },
   );
   const logs = [];
   child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));

@@ -17,7 +17,7 @@
 //! its last commit. Records below the high watermark seen at start are delivered as `replay`
 //! (applied to the cache only, never sent to clients); the bus reports `caught_up` once every
 //! partition has reached that mark. `StartAt::Committed` resumes where the subscriber left off,
-//! else at the end (a service's command stream).
+//! else at the beginning (a service's command stream: nothing sent before it came up is missed).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -523,7 +523,9 @@ fn plan_assignment(
                     _ => None,
                 });
         let start = match from {
-            StartAt::Committed => last_commit.unwrap_or(high),
+            // No commit yet: from the beginning, so no command sent before this subscriber
+            // first came up is missed (at least once).
+            StartAt::Committed => last_commit.unwrap_or(low),
             StartAt::Replay(records) => {
                 let window = high - i64::from(records);
                 last_commit.map_or(window, |c| c.min(window)).max(low)

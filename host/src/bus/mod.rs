@@ -97,8 +97,8 @@ impl Delivery {
 /// Where a new subscription starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartAt {
-    /// Where this subscriber last committed, else only records published from now on (a
-    /// service's command stream: nothing missed while it was down is lost).
+    /// Where this subscriber last committed, else the beginning (a service's command stream:
+    /// nothing sent while it was down, or before it first came up, is missed).
     Committed,
     /// Replay up to this many of the latest records per partition (and anything since this
     /// node's last committed offset) before going live: a warm start.
