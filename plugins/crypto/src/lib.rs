@@ -2,8 +2,8 @@
 //! top-movers / top-coins snapshots.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
-    cache_get, emit, join, loading, parse, publish_once, reply, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_get, emit,
+    join, loading, parse, publish_once, reply, snapshot, success,
 };
 use serde_json::{Map, Value, json};
 
@@ -43,17 +43,19 @@ impl Plugin for Crypto {
                 Ok(vec![emit(ROOM, TICKER_EVENT, success(&tick))])
             }
             TOP_MOVERS_TOPIC => {
-                let data = snapshot(&record.payload, &["topGainers", "topLosers"])?;
-                Ok(cache_and_emit(
+                let data = parse_snapshot(&record.payload, &["topGainers", "topLosers"])?;
+                Ok(snapshot(
                     TOP_MOVERS_KEY,
+                    ROOM,
                     TOP_MOVERS_EVENT,
                     success(&data),
                 ))
             }
             TOP_COINS_TOPIC => {
-                let data = snapshot(&record.payload, &["topCoins"])?;
-                Ok(cache_and_emit(
+                let data = parse_snapshot(&record.payload, &["topCoins"])?;
+                Ok(snapshot(
                     TOP_COINS_KEY,
+                    ROOM,
                     TOP_COINS_EVENT,
                     success(&data),
                 ))
@@ -98,15 +100,8 @@ impl Plugin for Crypto {
 
 flux_plugin_sdk::plugin!(Crypto);
 
-fn cache_and_emit(key: &str, event: &str, payload: String) -> Vec<Action> {
-    vec![
-        cache_for_room(key, ROOM, event, payload.clone()),
-        emit(ROOM, event, payload),
-    ]
-}
-
 /// A snapshot object that must carry each of `lists` as an array.
-fn snapshot(payload: &str, lists: &[&str]) -> Result<Map<String, Value>, String> {
+fn parse_snapshot(payload: &str, lists: &[&str]) -> Result<Map<String, Value>, String> {
     let data: Map<String, Value> = parse(payload)?;
     for list in lists {
         if !data.get(*list).is_some_and(Value::is_array) {

@@ -1,8 +1,8 @@
 //! News domain: the `news.global` room and its cached headline list.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
-    cache_get, emit, join, loading, parse, publish_once, reply, scoped_success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_get, join,
+    loading, parse, publish_once, reply, scoped_success, snapshot,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -35,10 +35,7 @@ impl Plugin for News {
     fn on_record(record: &BusRecord) -> Result<Vec<Action>, String> {
         let update: NewsUpdated = parse(&record.payload)?;
         let payload = scoped_success("global", &update.articles);
-        Ok(vec![
-            cache_for_room(CACHE_KEY, ROOM, EVENT, payload.clone()),
-            emit(ROOM, EVENT, payload),
-        ])
+        Ok(snapshot(CACHE_KEY, ROOM, EVENT, payload))
     }
 
     fn on_request(request: &ClientRequest) -> Result<Vec<Action>, RequestError> {

@@ -190,6 +190,15 @@ pub fn cache_for_room(key: &str, room: &str, event: &str, payload: String) -> Ac
     })
 }
 
+/// A room's new state: cached under `key` (so a socket joining `room` is hydrated with it)
+/// and pushed live to the room, as `event`.
+pub fn snapshot(key: &str, room: &str, event: &str, payload: String) -> Vec<Action> {
+    vec![
+        cache_for_room(key, room, event, payload.clone()),
+        emit(room, event, payload),
+    ]
+}
+
 /// Produce a record to `topic`.
 pub fn publish(topic: &str, key: Option<&str>, payload: String) -> Action {
     Action::Publish(Publish {

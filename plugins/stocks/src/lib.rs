@@ -2,8 +2,8 @@
 //! from cache only; a timer asks the stock service for a refresh in the background.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
-    cache_get, emit, join, loading, parse, publish_once, reply, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_get, join,
+    loading, parse, publish_once, reply, snapshot, success,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,10 +39,7 @@ impl Plugin for Stocks {
     fn on_record(record: &BusRecord) -> Result<Vec<Action>, String> {
         let update: TopPerformers = parse(&record.payload)?;
         let payload = success(&update.performers);
-        Ok(vec![
-            cache_for_room(CACHE_KEY, ROOM, EVENT, payload.clone()),
-            emit(ROOM, EVENT, payload),
-        ])
+        Ok(snapshot(CACHE_KEY, ROOM, EVENT, payload))
     }
 
     fn on_request(request: &ClientRequest) -> Result<Vec<Action>, RequestError> {

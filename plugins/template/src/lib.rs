@@ -3,8 +3,8 @@
 //! keeps the latest one for hydration, and answers `exampleRequest` from cache.
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
-    cache_get, emit, join, loading, parse, reply, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_get, join,
+    loading, parse, reply, snapshot, success,
 };
 use serde_json::Value;
 
@@ -28,10 +28,7 @@ impl Plugin for Example {
     fn on_record(record: &BusRecord) -> Result<Vec<Action>, String> {
         let data: Value = parse(&record.payload)?;
         let payload = success(&data);
-        Ok(vec![
-            cache_for_room(CACHE_KEY, ROOM, EVENT, payload.clone()),
-            emit(ROOM, EVENT, payload),
-        ])
+        Ok(snapshot(CACHE_KEY, ROOM, EVENT, payload))
     }
 
     fn on_request(_request: &ClientRequest) -> Result<Vec<Action>, RequestError> {

@@ -5,8 +5,8 @@
 //! `weather.new-delhi`, event `weather.new-delhi.update`).
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_for_room,
-    emit, join, parse, publish_once, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, join, parse,
+    publish_once, snapshot, success,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -41,10 +41,7 @@ impl Plugin for Weather {
         let room = format!("weather.{key}");
         let event = format!("{room}.update");
         let payload = success(&data);
-        Ok(vec![
-            cache_for_room(&room, &room, &event, payload.clone()),
-            emit(&room, &event, payload),
-        ])
+        Ok(snapshot(&room, &room, &event, payload))
     }
 
     fn on_request(request: &ClientRequest) -> Result<Vec<Action>, RequestError> {
