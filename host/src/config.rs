@@ -31,7 +31,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub reload: ReloadConfig,
     /// Per-plugin overrides of `[limits]`, by plugin name: `[plugins.weather]`.
-    pub plugins: BTreeMap<String, PluginQuota>,
+    pub plugins: BTreeMap<String, PluginPolicy>,
 }
 
 impl Default for Config {
@@ -162,10 +162,16 @@ impl Default for DemoConfig {
     }
 }
 
-/// One plugin's quotas, each overriding the `[limits]` default.
+/// One plugin's table, `[plugins.NAME]`: quotas overriding the `[limits]` defaults, and what
+/// it may declare.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PluginQuota {
+pub struct PluginPolicy {
+    /// Rooms the plugin may declare (`crypto.*` covers `crypto.global`); absent: any.
+    pub allowed_rooms: Option<Vec<String>>,
+    /// Topics the plugin may consume or publish (`weather.*` covers every weather topic);
+    /// absent: any.
+    pub allowed_topics: Option<Vec<String>>,
     pub call_timeout_ms: Option<u64>,
     pub memory_mb: Option<u64>,
     pub max_actions: Option<usize>,
@@ -173,14 +179,15 @@ pub struct PluginQuota {
     pub publishes_per_sec: Option<u32>,
 }
 
-/// The defaults and the per-plugin overrides: what a plugin named `name` may use.
+/// The `[limits]` defaults and the `[plugins.NAME]` tables: what a plugin named `name` may use
+/// and declare.
 #[derive(Debug, Clone, Default)]
-pub struct Quotas {
+pub struct Policies {
     pub defaults: PluginLimits,
-    pub plugins: BTreeMap<String, PluginQuota>,
+    pub plugins: BTreeMap<String, PluginPolicy>,
 }
 
-impl Quotas {
+impl Policies {
     pub fn for_plugin(&self, name: &str) -> PluginLimits {
         let mut limits = self.defaults.clone();
         if let Some(quota) = self.plugins.get(name) {
@@ -192,6 +199,40 @@ impl Quotas {
         }
         limits
     }
+
+    /// Checks a plugin's declared rooms and topics against its allowlists; the error names
+    /// what is not allowed.
+    pub fn permits(&self, name: &str, rooms: &[String], topics: &[&String]) -> Result<(), String> {
+        let Some(policy) = self.plugins.get(name) else {
+            return Ok(());
+        };
+        if let Some(allowed) = &policy.allowed_rooms
+            && let Some(room) = rooms.iter().find(|room| !covered(allowed, room))
+        {
+            return Err(format!(
+                "room {room:?} is not among its allowed_rooms {allowed:?}"
+            ));
+        }
+        if let Some(allowed) = &policy.allowed_topics
+            && let Some(topic) = topics.iter().find(|topic| !covered(allowed, topic))
+        {
+            return Err(format!(
+                "topic {topic:?} is not among its allowed_topics {allowed:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a declared name or pattern lies within one of the `allowed` names or patterns
+/// (a trailing `*` matches any suffix).
+fn covered(allowed: &[String], declared: &str) -> bool {
+    allowed
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => declared.starts_with(prefix),
+            None => pattern == declared,
+        })
 }
 
 /// Hot reload of the plugin directory.
@@ -349,8 +390,8 @@ impl Config {
         Ok(())
     }
 
-    pub fn quotas(&self) -> Quotas {
-        Quotas {
+    pub fn policies(&self) -> Policies {
+        Policies {
             defaults: self.limits.clone(),
             plugins: self.plugins.clone(),
         }
@@ -407,13 +448,41 @@ mod tests {
             "[limits]\nmax_actions = 10\n[plugins.weather]\nmax_actions = 3\nmemory_mb = 8\n",
         )
         .unwrap();
-        let quotas = config.quotas();
+        let quotas = config.policies();
         assert_eq!(quotas.for_plugin("weather").max_actions, 3);
         assert_eq!(quotas.for_plugin("weather").memory_mb, 8);
         assert_eq!(quotas.for_plugin("weather").call_timeout_ms, 250);
         assert_eq!(quotas.for_plugin("crypto").max_actions, 10);
         let err = Config::from_toml("[plugins.weather]\nmax_action = 3\n").unwrap_err();
         assert!(err.contains("max_action"), "{err}");
+    }
+
+    #[test]
+    fn declared_rooms_and_topics_must_be_allowed() {
+        let config = Config::from_toml(
+            "[plugins.weather]\nallowed_rooms = [\"weather.*\"]\nallowed_topics = [\"weather.*\"]\n",
+        )
+        .unwrap();
+        let policies = config.policies();
+        let topic = "weather.service.command.fetch".to_string();
+        assert!(
+            policies
+                .permits("weather", &["weather.*".into()], &[&topic])
+                .is_ok()
+        );
+        let err = policies
+            .permits("weather", &["crypto.global".into()], &[&topic])
+            .unwrap_err();
+        assert!(err.contains("crypto.global"), "{err}");
+        let crypto = "crypto.service.command.refresh".to_string();
+        let err = policies.permits("weather", &[], &[&crypto]).unwrap_err();
+        assert!(err.contains("allowed_topics"), "{err}");
+        assert!(
+            policies
+                .permits("news", &["anything".into()], &[&crypto])
+                .is_ok(),
+            "no table: any"
+        );
     }
 
     #[test]

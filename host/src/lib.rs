@@ -73,7 +73,7 @@ pub async fn run(
     let cache = Arc::new(SnapshotCache::new(config.cache.max_entries));
     let runtime = Arc::new(
         PluginRuntime::new(
-            config.quotas(),
+            config.policies(),
             Some(config.precompiled_dir()),
             cache.clone(),
             metrics.clone(),

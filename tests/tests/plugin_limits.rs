@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flux_gateway::bus::{Bus, BusRecord, EmbeddedBus, StartAt};
 use flux_gateway::cache::SnapshotCache;
-use flux_gateway::config::{PluginLimits, PluginQuota, Quotas};
+use flux_gateway::config::{PluginLimits, PluginPolicy, Policies};
 use flux_gateway::dispatch::{Dispatcher, Origin};
 use flux_gateway::metrics::{self, Metrics};
 use flux_gateway::pipeline::PipelineConfig;
@@ -29,7 +29,7 @@ fn host() -> Host {
     host_with(BTreeMap::new())
 }
 
-fn host_with(plugins: BTreeMap<String, PluginQuota>) -> Host {
+fn host_with(plugins: BTreeMap<String, PluginPolicy>) -> Host {
     let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(SnapshotCache::new(1_000));
     let defaults = PluginLimits {
@@ -41,7 +41,7 @@ fn host_with(plugins: BTreeMap<String, PluginQuota>) -> Host {
         ..PluginLimits::default()
     };
     let runtime = PluginRuntime::new(
-        Quotas { defaults, plugins },
+        Policies { defaults, plugins },
         None,
         cache.clone(),
         metrics.clone(),
@@ -295,9 +295,9 @@ async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
 async fn quotas_are_enforced_per_plugin_and_counted_for_that_plugin_only() {
     let overrides = BTreeMap::from([(
         "misbehave".to_string(),
-        PluginQuota {
+        PluginPolicy {
             max_actions: Some(20),
-            ..PluginQuota::default()
+            ..PluginPolicy::default()
         },
     )]);
     let host = host_with(overrides);
@@ -365,9 +365,13 @@ fn a_restart_loads_precompiled_plugins_instead_of_compiling() {
     let start = || {
         let metrics = Arc::new(Metrics::default());
         let cache = Arc::new(SnapshotCache::new(10));
-        let runtime =
-            PluginRuntime::new(Quotas::default(), Some(dir.clone()), cache, metrics.clone())
-                .unwrap();
+        let runtime = PluginRuntime::new(
+            Policies::default(),
+            Some(dir.clone()),
+            cache,
+            metrics.clone(),
+        )
+        .unwrap();
         (runtime, metrics)
     };
     let compiles = |metrics: &Metrics, source| {
@@ -395,6 +399,40 @@ fn a_restart_loads_precompiled_plugins_instead_of_compiling() {
     second.load(&wasm("flux_news")).unwrap();
     assert_eq!(compiles(&metrics, "compiled"), 1, "new bytes are compiled");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_plugin_declaring_rooms_or_topics_outside_its_allowlist_is_refused() {
+    let policy = |rooms: &[&str], topics: &[&str]| PluginPolicy {
+        allowed_rooms: Some(rooms.iter().map(|r| r.to_string()).collect()),
+        allowed_topics: Some(topics.iter().map(|t| t.to_string()).collect()),
+        ..PluginPolicy::default()
+    };
+    let strict = host_with(BTreeMap::from([(
+        "crypto".to_string(),
+        policy(&["news.*"], &["crypto.*"]),
+    )]));
+    let err = strict
+        .runtime
+        .load(&wasm("flux_crypto"))
+        .err()
+        .expect("refused");
+    assert!(matches!(err, LoadError::NotPermitted(_)), "{err}");
+    assert!(err.to_string().contains("crypto.global"), "{err}");
+
+    let fitting = host_with(BTreeMap::from([(
+        "crypto".to_string(),
+        policy(&["crypto.*"], &["crypto.*"]),
+    )]));
+    assert_eq!(
+        fitting
+            .runtime
+            .load(&wasm("flux_crypto"))
+            .unwrap()
+            .manifest
+            .name,
+        "crypto"
+    );
 }
 
 #[test]

@@ -60,6 +60,8 @@ pub struct Manifest {
     pub consumes: Vec<String>,
     pub handles: Vec<String>,
     pub rooms: Vec<RoomPattern>,
+    /// The room names and patterns as declared, for allowlist checks and display.
+    pub declared_rooms: Vec<String>,
     pub publishes: HashSet<String>,
     pub caches: Vec<(String, Duration)>,
     pub timers: Vec<(String, Duration)>,
@@ -131,6 +133,7 @@ impl Manifest {
             consumes: info.consumes,
             handles: info.handles,
             rooms: info.rooms.iter().map(|r| RoomPattern::parse(r)).collect(),
+            declared_rooms: info.rooms.clone(),
             publishes: info.publishes.into_iter().collect(),
             caches,
             timers,

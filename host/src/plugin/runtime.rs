@@ -23,7 +23,7 @@ use super::bindings::flux::gateway::host::LogLevel;
 use super::bindings::{Plugin, PluginPre};
 use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord};
 use crate::cache::SnapshotCache;
-use crate::config::{PluginLimits, Quotas};
+use crate::config::{PluginLimits, Policies};
 use crate::metrics::{self, Counter, Histogram, Metrics};
 
 /// How often the epoch advances; call deadlines are measured in these ticks.
@@ -52,6 +52,8 @@ pub enum LoadError {
     Describe(String),
     #[error("invalid description: {0}")]
     InvalidDescription(String),
+    #[error("not permitted by the gateway's configuration: {0}")]
+    NotPermitted(String),
 }
 
 /// Why a guest call failed. The instance that failed has been discarded.
@@ -83,7 +85,7 @@ impl CallFailure {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<GuestState>,
-    quotas: Quotas,
+    policies: Policies,
     /// Where compiled components are kept, keyed by content and engine: a restart or a
     /// reload of bytes seen before does not compile again.
     precompiled: Option<PathBuf>,
@@ -100,7 +102,7 @@ impl Drop for PluginRuntime {
 
 impl PluginRuntime {
     pub fn new(
-        quotas: Quotas,
+        policies: Policies,
         precompiled: Option<PathBuf>,
         cache: Arc<SnapshotCache>,
         metrics: Arc<Metrics>,
@@ -129,7 +131,7 @@ impl PluginRuntime {
         Ok(Self {
             engine,
             linker,
-            quotas,
+            policies,
             precompiled,
             cache,
             metrics,
@@ -159,7 +161,7 @@ impl PluginRuntime {
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
 
         // Until the plugin has named itself, the defaults apply.
-        let defaults = self.quotas.defaults.clone();
+        let defaults = self.policies.defaults.clone();
         let mut worker = Worker {
             pre,
             instance: None,
@@ -174,8 +176,16 @@ impl PluginRuntime {
             .call(|plugin, store| plugin.call_describe(store))
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let manifest = Arc::new(Manifest::from_info(info).map_err(LoadError::InvalidDescription)?);
+        let topics: Vec<&String> = manifest
+            .consumes
+            .iter()
+            .chain(&manifest.publishes)
+            .collect();
+        self.policies
+            .permits(&manifest.name, &manifest.declared_rooms, &topics)
+            .map_err(LoadError::NotPermitted)?;
         worker.identity = Identity::of(&manifest);
-        let limits = Arc::new(self.quotas.for_plugin(&manifest.name));
+        let limits = Arc::new(self.policies.for_plugin(&manifest.name));
         worker.limits = (*limits).clone();
         worker.deadline_ticks = deadline_ticks(limits.call_timeout());
         if let Some((store, _)) = worker.instance.as_mut() {
@@ -302,7 +312,7 @@ fn deadline_ticks(timeout: Duration) -> u64 {
 #[derive(Clone)]
 pub struct PluginHandle {
     pub manifest: Arc<Manifest>,
-    /// This plugin's limits and quotas (`[limits]` with its `[plugins.NAME]` overrides).
+    /// This plugin's limits and policies (`[limits]` with its `[plugins.NAME]` overrides).
     pub limits: Arc<PluginLimits>,
     jobs: mpsc::Sender<Job>,
 }
@@ -502,7 +512,11 @@ impl Worker {
         let state = GuestState {
             // No preopened directories, environment, arguments or network: a plugin sees
             // nothing of the host beyond the `host` interface.
-            wasi: WasiCtxBuilder::new().build(),
+            wasi: WasiCtxBuilder::new()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build(),
             table: ResourceTable::new(),
             limiter: MemoryLimiter {
                 max_bytes: self.limits.memory_bytes(),
