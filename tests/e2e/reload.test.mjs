@@ -40,10 +40,10 @@ function deploy(dir, name, bytes) {
   renameSync(temporary, join(dir, name));
 }
 
-async function setup(t) {
+async function setup(t, config = GATEWAY) {
   const dir = mkdtempSync(join(tmpdir(), "flux-reload-"));
   deploy(dir, "relay.wasm", relay("v0000000"));
-  const gateway = await startGateway(GATEWAY, { plugins: dir });
+  const gateway = await startGateway(config, { plugins: dir });
   const sockets = [];
   t.after(async () => {
     for (const socket of sockets) socket.close();
@@ -174,4 +174,21 @@ test("a plugin added and removed at runtime", async (t) => {
   assert.match(gone.message, /unknown event/);
   await request(client, "relayJoin");
   await nextEvent(client, "relayTick", tagged("v0000000"));
+});
+
+test("a version that declares other topics: consumption follows", async (t) => {
+  const { dir, open, admin } = await setup(t, GATEWAY.replace("snapshot_every_ms = 60000", "snapshot_every_ms = 200"));
+  const client = await open();
+  await request(client, "relayJoin");
+  await nextEvent(client, "relayTick", tagged("v0000000"));
+
+  deploy(dir, "relay.wasm", relay("news0001"));
+  const news = await nextEvent(client, "relayTick", tagged("news0001"));
+  assert.equal(news.data.topic, "news.service.event.updated");
+  assert.deepEqual((await admin()).plugins.find((p) => p.name === "relay").consumes, ["news.service.event.updated"]);
+  const since = client.received.length;
+  await sleep(600);
+  const after = ticks({ received: client.received.slice(since) });
+  assert.ok(after.length > 0, "news keeps flowing");
+  assert.ok(after.every((tick) => tick.topic === "news.service.event.updated"), "the ticker is no longer consumed");
 });
