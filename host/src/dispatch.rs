@@ -269,50 +269,53 @@ impl Dispatcher {
                     // History already had its commands answered.
                     return Ok(());
                 }
+                // Deduplicated first: a dropped duplicate spends no publish quota.
+                let seen = match publish.dedupe_key {
+                    Some(dedupe_key) => {
+                        let seen = (publish.topic.clone(), dedupe_key);
+                        if !self
+                            .recent_publishes
+                            .entry(seen.clone())
+                            .or_insert(())
+                            .is_fresh()
+                        {
+                            self.metrics
+                                .counter(
+                                    metrics::PUBLISH_DEDUPLICATED,
+                                    &[("topic", &publish.topic)],
+                                )
+                                .inc();
+                            return Ok(());
+                        }
+                        Some(seen)
+                    }
+                    None => None,
+                };
+                // A command that never left must not block the next attempt.
+                let forget = || {
+                    if let Some(seen) = &seen {
+                        self.recent_publishes.invalidate(seen);
+                    }
+                };
                 if !self.publish_allowed(&manifest.name, plugin.limits.publishes_per_sec) {
+                    forget();
                     return Err(ActionRefused::Quota(format!(
                         "more than {} publishes per second",
                         plugin.limits.publishes_per_sec
                     )));
-                }
-                if let Some(dedupe_key) = publish.dedupe_key {
-                    let seen = (publish.topic.clone(), dedupe_key);
-                    if !self
-                        .recent_publishes
-                        .entry(seen.clone())
-                        .or_insert(())
-                        .is_fresh()
-                    {
-                        self.metrics
-                            .counter(metrics::PUBLISH_DEDUPLICATED, &[("topic", &publish.topic)])
-                            .inc();
-                        return Ok(());
-                    }
-                    let record = BusRecord::now(
-                        &publish.topic,
-                        publish.key.as_deref(),
-                        payload.get().to_owned(),
-                    );
-                    return self.bus.publish(record).map_err(|source| {
-                        // A command that never left must not block the next attempt.
-                        self.recent_publishes.invalidate(&seen);
-                        ActionRefused::Publish {
-                            topic: publish.topic,
-                            source,
-                        }
-                    });
                 }
                 let record = BusRecord::now(
                     &publish.topic,
                     publish.key.as_deref(),
                     payload.get().to_owned(),
                 );
-                self.bus
-                    .publish(record)
-                    .map_err(|source| ActionRefused::Publish {
+                self.bus.publish(record).map_err(|source| {
+                    forget();
+                    ActionRefused::Publish {
                         topic: publish.topic,
                         source,
-                    })
+                    }
+                })
             }
         }
     }
