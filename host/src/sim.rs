@@ -68,24 +68,11 @@ pub fn start(bus: Arc<dyn Bus>, config: &DemoConfig, tasks: &mut JoinSet<()>) {
         loop {
             ticks.tick().await;
             let mut market = snapshot_market.lock();
-            publish(
-                &*snapshot_bus,
-                "crypto.service.event.top-movers",
-                Some("top-movers"),
-                market.top_movers(),
-            );
-            publish(
-                &*snapshot_bus,
-                "crypto.service.event.top-coins",
-                Some("top-coins"),
-                market.top_coins(),
-            );
-            publish(
-                &*snapshot_bus,
-                "news.service.event.updated",
-                Some("global"),
-                market.news(),
-            );
+            for name in ["top-movers", "top-coins", "news"] {
+                if let Some((topic, key, payload)) = market.snapshot(name) {
+                    publish(&*snapshot_bus, topic, Some(key), payload);
+                }
+            }
         }
     });
 
@@ -254,9 +241,37 @@ impl Market {
         }))
     }
 
+    /// A snapshot's topic, record key and current payload, by its name in refresh commands.
+    fn snapshot(&mut self, name: &str) -> Option<(&'static str, &'static str, Value)> {
+        Some(match name {
+            "top-movers" => (
+                "crypto.service.event.top-movers",
+                "top-movers",
+                self.top_movers(),
+            ),
+            "top-coins" => (
+                "crypto.service.event.top-coins",
+                "top-coins",
+                self.top_coins(),
+            ),
+            "news" => ("news.service.event.updated", "global", self.news()),
+            "top-performers" => (
+                "stock.service.event.top-performers",
+                "top-performers",
+                self.top_performers(),
+            ),
+            _ => return None,
+        })
+    }
+
     /// The event a service publishes in answer to `command`.
     fn answer(&mut self, command: &BusRecord) -> Option<(&'static str, Option<String>, Value)> {
         let body: Value = serde_json::from_str(&command.payload).ok()?;
+        let snapshot = |market: &mut Self, name: &str| {
+            market
+                .snapshot(name)
+                .map(|(topic, key, payload)| (topic, Some(key.to_owned()), payload))
+        };
         match command.topic.as_str() {
             "weather.service.command.fetch" => {
                 let weather = self.weather(&body)?;
@@ -266,29 +281,9 @@ impl Market {
                     weather,
                 ))
             }
-            "crypto.service.command.refresh" => match body["snapshot"].as_str()? {
-                "top-movers" => Some((
-                    "crypto.service.event.top-movers",
-                    Some("top-movers".into()),
-                    self.top_movers(),
-                )),
-                "top-coins" => Some((
-                    "crypto.service.event.top-coins",
-                    Some("top-coins".into()),
-                    self.top_coins(),
-                )),
-                _ => None,
-            },
-            "news.service.command.refresh" => Some((
-                "news.service.event.updated",
-                Some("global".into()),
-                self.news(),
-            )),
-            "stock.service.command.refresh" => Some((
-                "stock.service.event.top-performers",
-                Some("top-performers".into()),
-                self.top_performers(),
-            )),
+            "crypto.service.command.refresh" => snapshot(self, body["snapshot"].as_str()?),
+            "news.service.command.refresh" => snapshot(self, "news"),
+            "stock.service.command.refresh" => snapshot(self, "top-performers"),
             _ => None,
         }
     }

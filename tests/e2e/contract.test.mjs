@@ -4,17 +4,12 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { connect, delhi, mumbai, nextEvent, request, sleep, startGateway } from "./harness.mjs";
+import { delhi, mumbai, nextEvent, request, sleep, startGateway } from "./harness.mjs";
 import { SNAPSHOT_EVENTS, UUID, assertErrorShape, assertSuccess, shapes } from "./shapes.mjs";
 
 describe("a warm gateway", () => {
   let gateway;
-  const sockets = [];
-  const open = async () => {
-    const socket = await connect(gateway.url);
-    sockets.push(socket);
-    return socket;
-  };
+  const open = () => gateway.open();
 
   before(async () => {
     gateway = await startGateway(
@@ -27,7 +22,6 @@ describe("a warm gateway", () => {
   });
 
   after(async () => {
-    for (const socket of sockets) socket.close();
     if (gateway) await gateway.stop();
   });
 
@@ -181,12 +175,7 @@ describe("a warm gateway", () => {
 
 describe("a cold gateway", () => {
   let gateway;
-  const sockets = [];
-  const open = async () => {
-    const socket = await connect(gateway.url);
-    sockets.push(socket);
-    return socket;
-  };
+  const open = () => gateway.open();
 
   before(async () => {
     // Snapshots only after 4 s: until then the cache is cold unless a refresh fills it.
@@ -196,7 +185,6 @@ describe("a cold gateway", () => {
   });
 
   after(async () => {
-    for (const socket of sockets) socket.close();
     if (gateway) await gateway.stop();
   });
 

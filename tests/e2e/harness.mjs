@@ -53,9 +53,16 @@ export async function startGateway(toml = "", { args = [], waitReady = true, plu
     30_000,
     "the gateway to print its address",
   );
+  const sockets = [];
   const gateway = {
     url,
     process: child,
+    /** A connected client, closed by `stop()`. */
+    async open() {
+      const socket = await connect(url);
+      sockets.push(socket);
+      return socket;
+    },
     async ready() {
       return fetch(`${url}/readyz`).then((r) => r.ok, () => false);
     },
@@ -77,6 +84,7 @@ export async function startGateway(toml = "", { args = [], waitReady = true, plu
       return line ? Number(line.split(" ").pop()) : 0;
     },
     async stop() {
+      for (const socket of sockets) socket.close();
       if (child.exitCode === null) child.kill("SIGTERM");
       return withTimeout(exited, 10_000, "the gateway to exit");
     },

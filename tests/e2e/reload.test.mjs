@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { connect, eventually, nextEvent, request, sleep, startGateway, wasmDir } from "./harness.mjs";
+import { eventually, nextEvent, request, sleep, startGateway, wasmDir } from "./harness.mjs";
 
 const GATEWAY = `
 [demo]
@@ -44,17 +44,11 @@ async function setup(t, config = GATEWAY) {
   const dir = mkdtempSync(join(tmpdir(), "flux-reload-"));
   deploy(dir, "relay.wasm", relay("v0000000"));
   const gateway = await startGateway(config, { plugins: dir });
-  const sockets = [];
   t.after(async () => {
-    for (const socket of sockets) socket.close();
     await gateway.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  const open = async () => {
-    const socket = await connect(gateway.url);
-    sockets.push(socket);
-    return socket;
-  };
+  const open = () => gateway.open();
   const admin = async () => (await fetch(`${gateway.url}/admin/plugins`)).json();
   return { dir, gateway, open, admin };
 }
