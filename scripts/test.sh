@@ -36,6 +36,7 @@ step "host unit tests and runtime-limit tests"
 cargo build --quiet --workspace --bins
 cargo test --workspace
 
-step "end-to-end with socket.io-client: the contract, hot reload, and the contract on Kafka"
+step "end-to-end with socket.io-client: the contract, hot reload, the contract on Kafka, and a smoke run of the load tool against the gateway and its Node peer"
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
-(cd tests/e2e && node --test --test-concurrency=1 contract.test.mjs reload.test.mjs kafka.test.mjs)
+(cd bench/peer && npm ci --no-audit --no-fund --loglevel=error)
+(cd tests/e2e && node --test --test-concurrency=1 contract.test.mjs reload.test.mjs kafka.test.mjs load.test.mjs)

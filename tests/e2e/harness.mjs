@@ -8,7 +8,7 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
 
-const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+export const root = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 export const gatewayBin = process.env.FLUX_GATEWAY_BIN ?? join(root, "target/debug/flux-gateway");
 export const pluginDir = process.env.FLUX_PLUGIN_DIR ?? join(root, "target/plugins");
 export const wasmDir = process.env.FLUX_WASM_DIR ?? join(root, "target/wasm32-wasip2/release");
@@ -202,6 +202,37 @@ export async function startBroker({ port, sqliteFile } = {}) {
     async stop() {
       if (child.exitCode === null) child.kill("SIGKILL");
       await withTimeout(exited, 10_000, "the broker to exit");
+    },
+  };
+}
+
+/**
+ * The Node.js socket.io peer (bench/peer) against `brokers`, in production mode; resolves
+ * once its Kafka consumer has joined its group.
+ */
+export async function startPeer(brokers, env = {}) {
+  const port = await freePort();
+  const child = spawn(process.execPath, [join(root, "bench/peer/server.mjs")], {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, ...env, NODE_ENV: "production", PORT: String(port), BROKERS: brokers },
+  });
+  const logs = [];
+  child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));
+  const exited = new Promise((done) => child.once("exit", (code, signal) => done({ code, signal })));
+  await withTimeout(
+    new Promise((ready, failed) => {
+      child.stdout.setEncoding("utf8").on("data", (chunk) => chunk.includes("ready") && ready());
+      exited.then(({ code }) => failed(new Error(`the peer exited with ${code}:\n${logs.join("")}`)));
+    }),
+    60_000,
+    "the Node peer to consume",
+  );
+  return {
+    url: `http://127.0.0.1:${port}`,
+    process: child,
+    async stop() {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      return withTimeout(exited, 10_000, "the Node peer to exit");
     },
   };
 }
