@@ -64,7 +64,8 @@ fn upper_bound(index: usize) -> u64 {
     }
     let shift = (index - LINEAR) / LINEAR;
     let sub = (index - LINEAR) % LINEAR;
-    ((LINEAR + sub + 1) << shift).saturating_sub(1)
+    let bound = (u128::from(LINEAR + sub + 1) << shift) - 1;
+    u64::try_from(bound).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
