@@ -127,6 +127,9 @@ pub struct SocketConfig {
     pub max_buffer: usize,
     /// Largest incoming payload.
     pub max_payload_bytes: u64,
+    /// Websocket read buffer per connection, allocated up front (socketioxide's default is
+    /// 4 KB). Client messages are small; a larger one still arrives whole, in more reads.
+    pub ws_read_buffer_bytes: usize,
 }
 
 impl Default for SocketConfig {
@@ -136,6 +139,7 @@ impl Default for SocketConfig {
             ping_timeout_ms: 20_000,
             max_buffer: 256,
             max_payload_bytes: 64 * 1024,
+            ws_read_buffer_bytes: 512,
         }
     }
 }

@@ -109,6 +109,7 @@ pub async fn run(
         .ping_timeout(Duration::from_millis(config.socket.ping_timeout_ms))
         .max_buffer_size(config.socket.max_buffer)
         .max_payload(config.socket.max_payload_bytes)
+        .ws_read_buffer_size(config.socket.ws_read_buffer_bytes)
         .build_layer();
     let dispatcher = Arc::new(Dispatcher::new(
         io.clone(),
