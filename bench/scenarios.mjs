@@ -69,7 +69,7 @@ for (const scenario of scenarios) {
       server = await start[label](broker.brokers);
       Object.assign(server, { label, brokers: broker.brokers });
       const report = await load(SCENARIOS[scenario], server);
-      results.push({ scenario, ...report });
+      results.push({ ...report, scenario });
       process.stderr.write(`${JSON.stringify(report)}\n`);
     } catch (error) {
       results.push({ scenario, label, failed: String(error.message ?? error) });
@@ -96,6 +96,8 @@ const rows = [
   ["storm: hydrated", (r) => (r.scenario === "storm" ? r.hydrated : undefined)],
   ["storm: all hydrated after ms", (r) => r.stormMs, "lower"],
   ["errors / disconnects", (r) => `${r.errors} / ${r.disconnects}`],
+  ["server CPU µs per delivery", (r) => r.serverCpuUsPerDelivery, "lower"],
+  ["CPU s: server / load generator", (r) => (r.serverCpuSec != null ? `${r.serverCpuSec.toFixed(1)} / ${r.loadCpuSec.toFixed(1)}` : undefined)],
   ["server RSS peak MB", (r) => (r.rssPeakKb ? r.rssPeakKb / 1024 : undefined), "lower"],
   ["RSS per connection KB", (r) => r.rssPerConnectionKb, "lower"],
 ];

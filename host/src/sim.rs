@@ -125,6 +125,29 @@ pub const TOPICS: [&str; 10] = [
     "stock.service.event.top-performers",
 ];
 
+/// One record of every kind the simulated services publish, as they publish it: realistic
+/// input for the plugin benchmarks.
+pub fn sample_records() -> Vec<BusRecord> {
+    let mut market = Market::new();
+    let mut records = vec![BusRecord::now(
+        "crypto.service.event.ticker",
+        Some("BTC-USD"),
+        market.tick(0).to_string(),
+    )];
+    let fetch = json!({ "city": "New Delhi", "cityKey": "new-delhi", "country": "IN" });
+    let weather = market.weather(&fetch).expect("a complete fetch command");
+    records.push(BusRecord::now(
+        "weather.service.event.updated",
+        Some("new-delhi"),
+        weather.to_string(),
+    ));
+    for name in ["top-movers", "top-coins", "news", "top-performers"] {
+        let (topic, key, payload) = market.snapshot(name).expect("a known snapshot");
+        records.push(BusRecord::now(topic, Some(key), payload.to_string()));
+    }
+    records
+}
+
 fn publish(bus: &dyn Bus, topic: &str, key: Option<&str>, payload: Value) {
     // While the broker is away every tick would fail: not worth a warning each.
     if let Err(e) = bus.publish(BusRecord::now(topic, key, payload.to_string())) {

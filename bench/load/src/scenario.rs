@@ -98,12 +98,20 @@ pub struct Report {
     pub rss_base_kb: Option<u64>,
     pub rss_peak_kb: Option<u64>,
     pub rss_end_kb: Option<u64>,
+    /// CPU the server and the load generator used while records were fed and delivered.
+    pub server_cpu_sec: Option<f64>,
+    pub load_cpu_sec: Option<f64>,
 }
 
 impl Report {
     pub fn rss_per_connection_kb(&self) -> Option<f64> {
         let (base, end) = (self.rss_base_kb?, self.rss_end_kb?);
         (self.connected > 0).then(|| (end as f64 - base as f64) / self.connected as f64)
+    }
+
+    pub fn server_cpu_per_delivery_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu_sec?;
+        (self.delivered > 0).then(|| cpu * 1e6 / self.delivered as f64)
     }
 
     /// Every client connected and every expected event arrived, with no error or drop.
@@ -157,6 +165,9 @@ impl Report {
             "rssPeakKb": self.rss_peak_kb,
             "rssEndKb": self.rss_end_kb,
             "rssPerConnectionKb": self.rss_per_connection_kb(),
+            "serverCpuSec": self.server_cpu_sec,
+            "loadCpuSec": self.load_cpu_sec,
+            "serverCpuUsPerDelivery": self.server_cpu_per_delivery_us(),
         })
     }
 }
@@ -194,6 +205,16 @@ impl fmt::Display for Report {
             "  errors {}  disconnects {}  refused records {}",
             self.errors, self.disconnects, self.feed_failed
         )?;
+        if let (Some(server), Some(load)) = (self.server_cpu_sec, self.load_cpu_sec) {
+            write!(
+                f,
+                "  CPU          server {server:.1} s, load generator {load:.1} s"
+            )?;
+            if let Some(per) = self.server_cpu_per_delivery_us() {
+                write!(f, ", server {per:.2} µs per delivery")?;
+            }
+            writeln!(f)?;
+        }
         if let (Some(base), Some(peak)) = (self.rss_base_kb, self.rss_peak_kb) {
             write!(f, "  server RSS   base {base} KB, peak {peak} KB")?;
             if let Some(per) = self.rss_per_connection_kb() {
@@ -412,6 +433,44 @@ impl RssSampler {
     }
 }
 
+/// CPU time the server and this process use over a stretch of a run.
+struct CpuWindow {
+    server_pid: Option<u32>,
+    server: Option<f64>,
+    load: Option<f64>,
+}
+
+impl CpuWindow {
+    fn start(server_pid: Option<u32>) -> Self {
+        Self {
+            server_pid,
+            server: server_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
+            load: cpu_seconds("self"),
+        }
+    }
+
+    fn finish(self, report: &mut Report) {
+        let used = |before: Option<f64>, now: Option<f64>| Some(now? - before?);
+        report.server_cpu_sec = used(
+            self.server,
+            self.server_pid
+                .and_then(|pid| cpu_seconds(&pid.to_string())),
+        );
+        report.load_cpu_sec = used(self.load, cpu_seconds("self"));
+    }
+}
+
+/// User plus system CPU time of a process, from `/proc/PID/stat` (fields 14 and 15, in
+/// USER_HZ ticks, which Linux fixes at 100 per second for user space).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    const TICKS_PER_SEC: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces: count fields after its parenthesis.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / TICKS_PER_SEC)
+}
+
 pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
     let feed = Feed::new(&cli.brokers)?;
     feed.prepare(&[TICKER_TOPIC, WEATHER_TOPIC]).await?;
@@ -442,7 +501,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 ),
             };
             let connected = tally.connected.load(Ordering::Relaxed);
+            let cpu = CpuWindow::start(cli.server_pid);
             let sent = measure(&feed, &tally, rate, seconds, ticks, |_| connected).await;
+            cpu.finish(&mut report);
             report.records = sent.records;
             report.expected = sent.expected;
             crowd.leave(&tally).await;
@@ -477,10 +538,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 }
             };
             let members = crowd.members_per_city.clone();
+            let cpu = CpuWindow::start(cli.server_pid);
             let sent = measure(&feed, &tally, rate, seconds, updates, |n| {
                 members[n as usize % members.len()]
             })
             .await;
+            cpu.finish(&mut report);
             report.records = sent.records;
             report.expected = sent.expected;
             crowd.leave(&tally).await;

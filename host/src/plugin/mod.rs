@@ -8,7 +8,9 @@ pub mod runtime;
 use std::collections::HashSet;
 use std::time::Duration;
 
-pub use runtime::{CallFailure, LoadError, PluginHandle, PluginRuntime};
+pub use runtime::{
+    CallFailure, LoadError, PluginHandle, PluginInstance, PluginRuntime, RecordOutcome,
+};
 
 /// Host bindings for the `plugin` world: the one place generated from `wit/`.
 pub mod bindings {

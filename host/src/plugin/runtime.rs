@@ -146,6 +146,29 @@ impl PluginRuntime {
     /// Compiles and validates `wasm`, asks it to describe itself, and starts its worker.
     /// Blocking (compilation takes milliseconds to seconds): call it off the async runtime.
     pub fn load(&self, wasm: &[u8]) -> Result<PluginHandle, LoadError> {
+        let (instance, manifest, limits) = self.prepare(wasm)?;
+        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
+        std::thread::Builder::new()
+            .name(format!("plugin-{}", manifest.name))
+            .spawn(move || serve(instance, queue))
+            .map_err(|e| LoadError::Link(format!("cannot start its worker thread: {e}")))?;
+        Ok(PluginHandle {
+            manifest,
+            limits,
+            jobs,
+        })
+    }
+
+    /// What [`load`](Self::load) validates, as an instance called on the current thread
+    /// instead of by a worker: for benchmarks and embedders with threads of their own.
+    pub fn instance(&self, wasm: &[u8]) -> Result<PluginInstance, LoadError> {
+        self.prepare(wasm).map(|(instance, _, _)| instance)
+    }
+
+    fn prepare(
+        &self,
+        wasm: &[u8],
+    ) -> Result<(PluginInstance, Arc<Manifest>, Arc<PluginLimits>), LoadError> {
         if !wasm.starts_with(b"\0asm") {
             return Err(LoadError::NotWasm);
         }
@@ -162,7 +185,7 @@ impl PluginRuntime {
 
         // Until the plugin has named itself, the defaults apply.
         let defaults = self.policies.defaults.clone();
-        let mut worker = Worker {
+        let mut instance = PluginInstance {
             pre,
             instance: None,
             engine: self.engine.clone(),
@@ -172,7 +195,7 @@ impl PluginRuntime {
             identity: Identity::unnamed(),
             probes: None,
         };
-        let info = worker
+        let info = instance
             .call(|plugin, store| plugin.call_describe(store))
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let manifest = Arc::new(Manifest::from_info(info).map_err(LoadError::InvalidDescription)?);
@@ -184,30 +207,20 @@ impl PluginRuntime {
         self.policies
             .permits(&manifest.name, &manifest.declared_rooms, &topics)
             .map_err(LoadError::NotPermitted)?;
-        worker.identity = Identity::of(&manifest);
+        instance.identity = Identity::of(&manifest);
         let limits = Arc::new(self.policies.for_plugin(&manifest.name));
-        worker.limits = (*limits).clone();
-        worker.deadline_ticks = deadline_ticks(limits.call_timeout());
-        if let Some((store, _)) = worker.instance.as_mut() {
+        instance.limits = (*limits).clone();
+        instance.deadline_ticks = deadline_ticks(limits.call_timeout());
+        if let Some((store, _)) = instance.instance.as_mut() {
             // The instance that described the plugin serves on: give it the plugin's identity
             // (which scopes its cache reads and tags its logs) and its own memory quota.
             let state = store.data_mut();
-            state.plugin = worker.identity.name.clone();
-            state.version = worker.identity.version.clone();
+            state.plugin = instance.identity.name.clone();
+            state.version = instance.identity.version.clone();
             state.limiter.max_bytes = limits.memory_bytes();
         }
-        worker.probes = Some(Probes::new(&self.metrics, &manifest.name));
-
-        let (jobs, queue) = mpsc::channel(JOB_QUEUE);
-        std::thread::Builder::new()
-            .name(format!("plugin-{}", manifest.name))
-            .spawn(move || worker.serve(queue))
-            .map_err(|e| LoadError::Link(format!("cannot start its worker thread: {e}")))?;
-        Ok(PluginHandle {
-            manifest,
-            limits,
-            jobs,
-        })
+        instance.probes = Some(Probes::new(&self.metrics, &manifest.name));
+        Ok((instance, manifest, limits))
     }
 
     /// Compiles `wasm`, or loads what an earlier compilation of the same bytes by a compatible
@@ -425,7 +438,10 @@ impl Probes {
     }
 }
 
-struct Worker {
+/// A plugin's instance, its limits and probes, called on the current thread: what each
+/// plugin's worker thread owns. A failed call discards the instance; the next call
+/// instantiates a fresh one from the pre-linked template.
+pub struct PluginInstance {
     pre: PluginPre<GuestState>,
     instance: Option<(Store<GuestState>, Plugin)>,
     engine: Engine,
@@ -436,22 +452,38 @@ struct Worker {
     probes: Option<Probes>,
 }
 
-impl Worker {
-    fn serve(mut self, mut queue: mpsc::Receiver<Job>) {
-        while let Some(job) = queue.blocking_recv() {
-            // A caller that gave up has dropped its receiver; nothing to report then.
-            match job {
-                Job::Records(records, reply) => {
-                    let _ = reply.send(self.call(|p, s| p.call_on_records(s, &records)));
-                }
-                Job::Request(request, reply) => {
-                    let _ = reply.send(self.call(|p, s| p.call_on_request(s, &request)));
-                }
-                Job::Timer(name, reply) => {
-                    let _ = reply.send(self.call(|p, s| p.call_on_timer(s, &name)));
-                }
+/// A worker thread's loop: one job at a time, on the plugin's own instance.
+fn serve(mut instance: PluginInstance, mut queue: mpsc::Receiver<Job>) {
+    while let Some(job) = queue.blocking_recv() {
+        // A caller that gave up has dropped its receiver; nothing to report then.
+        match job {
+            Job::Records(records, reply) => {
+                let _ = reply.send(instance.on_records(&records));
+            }
+            Job::Request(request, reply) => {
+                let _ = reply.send(instance.on_request(&request));
+            }
+            Job::Timer(name, reply) => {
+                let _ = reply.send(instance.on_timer(&name));
             }
         }
+    }
+}
+
+impl PluginInstance {
+    pub fn on_records(&mut self, records: &[WitRecord]) -> Result<Vec<RecordOutcome>, CallFailure> {
+        self.call(|p, s| p.call_on_records(s, records))
+    }
+
+    pub fn on_request(
+        &mut self,
+        request: &ClientRequest,
+    ) -> Result<Result<Vec<Action>, RequestError>, CallFailure> {
+        self.call(|p, s| p.call_on_request(s, request))
+    }
+
+    pub fn on_timer(&mut self, name: &str) -> Result<Vec<Action>, CallFailure> {
+        self.call(|p, s| p.call_on_timer(s, name))
     }
 
     fn call<R>(

@@ -19,7 +19,8 @@ const TOP_COINS_EVENT: &str = "cryptoTopCoinsResponse";
 const TICKER_EVENT: &str = "cryptoTickerResponse";
 const CACHE_TTL_MS: u64 = 5 * 60 * 1000;
 
-struct Crypto;
+/// The plugin (public so native code can run the same mapping; see `plugin!`).
+pub struct Crypto;
 
 impl Plugin for Crypto {
     fn describe() -> PluginInfo {

@@ -14,7 +14,8 @@ const CACHE_KEY: &str = "news.global";
 const EVENT: &str = "newsUpdate";
 const CACHE_TTL_MS: u64 = 15 * 60 * 1000;
 
-struct News;
+/// The plugin (public so native code can run the same mapping; see `plugin!`).
+pub struct News;
 
 #[derive(Deserialize)]
 struct NewsUpdated {

@@ -71,10 +71,16 @@ pub trait Plugin {
 }
 
 /// Export a [`Plugin`] implementation as the component's `plugin` world.
+///
+/// Only when building for WebAssembly: a native build exports nothing, so several plugins can
+/// be linked into one native program (the benchmarks run each mapping natively, against the
+/// same code as a component).
 #[macro_export]
 macro_rules! plugin {
     ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
         struct __FluxPluginExport;
+        #[cfg(target_arch = "wasm32")]
         impl $crate::bindings::Guest for __FluxPluginExport {
             fn describe() -> $crate::PluginInfo {
                 $crate::install_panic_logger();
@@ -102,6 +108,7 @@ macro_rules! plugin {
                 <$plugin as $crate::Plugin>::on_timer(&name)
             }
         }
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin_world!(__FluxPluginExport);
     };
 }

@@ -13,7 +13,8 @@ const TOPIC: &str = "example.service.event.updated";
 const CACHE_KEY: &str = "example.latest";
 const EVENT: &str = "exampleUpdate";
 
-struct Example;
+/// The plugin (public so native code can run the same mapping; see `plugin!`).
+pub struct Example;
 
 impl Plugin for Example {
     fn describe() -> PluginInfo {

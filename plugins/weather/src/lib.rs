@@ -16,7 +16,8 @@ const UPDATED_TOPIC: &str = "weather.service.event.updated";
 const CACHE_TTL_MS: u64 = 10 * 60 * 1000;
 const MAX_CITY_CHARS: usize = 64;
 
-struct Weather;
+/// The plugin (public so native code can run the same mapping; see `plugin!`).
+pub struct Weather;
 
 impl Plugin for Weather {
     fn describe() -> PluginInfo {
