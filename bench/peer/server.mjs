@@ -43,6 +43,37 @@ const snapshotsOf = (room) =>
       }[room] ?? [];
 const TTL_MS = { weather: 600_000, crypto: 300_000, news: 300_000, stock: 300_000 };
 
+// Snapshot requests: answered from the cache, else `loading` and the socket joins the room the
+// next snapshot arrives in; some also ask their service for a refresh.
+const SNAPSHOT_REQUESTS = {
+  cryptoTopMoversRequest: {
+    key: 'crypto.top-movers',
+    event: 'cryptoTopMoversResponse',
+    room: 'crypto.global',
+    loading: 'Fetching the latest top movers',
+    refresh: { topic: COMMANDS.cryptoRefresh, key: 'top-movers', value: { snapshot: 'top-movers' } },
+  },
+  cryptoTopCoinsRequest: {
+    key: 'crypto.top-coins',
+    event: 'cryptoTopCoinsResponse',
+    room: 'crypto.global',
+    loading: 'Waiting for the next top coins update',
+  },
+  stockTopPerformersRequest: {
+    key: 'stock.top-performers',
+    event: 'stockTopPerformersResponse',
+    room: 'stock.global',
+    loading: 'Waiting for the next scheduled refresh',
+  },
+  topNewsRequest: {
+    key: 'news.global',
+    event: 'newsUpdate',
+    room: 'news.global',
+    loading: 'Fetching the latest news',
+    refresh: { topic: COMMANDS.newsRefresh, key: 'global', value: { scope: 'global' } },
+  },
+};
+
 const cache = new Map(); // key → { payload, expires }
 const cacheGet = (key) => {
   const entry = cache.get(key);
@@ -136,39 +167,16 @@ io.on('connection', (socket) => {
     if (typeof ack === 'function') ack({ status: 'success' });
   });
 
-  socket.on('cryptoTopMoversRequest', (...args) => {
-    const ack = args.find((a) => typeof a === 'function');
-    const cached = cacheGet('crypto.top-movers');
-    if (cached !== undefined) return answer(socket, ack, cached, 'cryptoTopMoversResponse');
-    answer(socket, ack, loading('Fetching the latest top movers'), 'cryptoTopMoversResponse');
-    socket.join('crypto.global');
-    publishOnce(COMMANDS.cryptoRefresh, 'top-movers', { snapshot: 'top-movers' }, 'top-movers');
-  });
-
-  socket.on('cryptoTopCoinsRequest', (...args) => {
-    const ack = args.find((a) => typeof a === 'function');
-    const cached = cacheGet('crypto.top-coins');
-    if (cached !== undefined) return answer(socket, ack, cached, 'cryptoTopCoinsResponse');
-    answer(socket, ack, loading('Waiting for the next top coins update'), 'cryptoTopCoinsResponse');
-    socket.join('crypto.global');
-  });
-
-  socket.on('stockTopPerformersRequest', (...args) => {
-    const ack = args.find((a) => typeof a === 'function');
-    const cached = cacheGet('stock.top-performers');
-    if (cached !== undefined) return answer(socket, ack, cached, 'stockTopPerformersResponse');
-    answer(socket, ack, loading('Waiting for the next scheduled refresh'), 'stockTopPerformersResponse');
-    socket.join('stock.global');
-  });
-
-  socket.on('topNewsRequest', (...args) => {
-    const ack = args.find((a) => typeof a === 'function');
-    const cached = cacheGet('news.global');
-    if (cached !== undefined) return answer(socket, ack, cached, 'newsUpdate');
-    answer(socket, ack, loading('Fetching the latest news'), 'newsUpdate');
-    socket.join('news.global');
-    publishOnce(COMMANDS.newsRefresh, 'global', { scope: 'global' }, 'news.global');
-  });
+  for (const [request, { key, event, room, loading: waiting, refresh }] of Object.entries(SNAPSHOT_REQUESTS)) {
+    socket.on(request, (...args) => {
+      const ack = args.find((a) => typeof a === 'function');
+      const cached = cacheGet(key);
+      if (cached !== undefined) return answer(socket, ack, cached, event);
+      answer(socket, ack, loading(waiting), event);
+      socket.join(room);
+      if (refresh) publishOnce(refresh.topic, refresh.key, refresh.value, `${refresh.topic}|${refresh.key}`);
+    });
+  }
 });
 
 function emitSnapshot(room, event, key, payload) {

@@ -557,9 +557,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_secs_f64(hold)).await;
             rss.fill(&mut report);
             crowd.leave(&tally).await;
-            report.connected = tally.connected.load(Ordering::Relaxed);
-            report.errors = tally.errors.load(Ordering::Relaxed);
-            report.disconnects = tally.disconnects.load(Ordering::Relaxed);
+            read_tally(&mut report, &tally, &feed);
             return Ok(report);
         }
         Scenario::Storm {
@@ -691,13 +689,20 @@ async fn measure(
     }
 }
 
-fn finish(report: &mut Report, tally: &Tally, feed: &Feed, started: u64) {
+/// What every scenario reports from its tally.
+fn read_tally(report: &mut Report, tally: &Tally, feed: &Feed) {
     report.connected = tally.connected.load(Ordering::Relaxed);
     report.delivered = tally.delivered.load(Ordering::Relaxed);
+    report.hydrated = tally.hydrated.load(Ordering::Relaxed);
     report.errors = tally.errors.load(Ordering::Relaxed);
     report.disconnects = tally.disconnects.load(Ordering::Relaxed);
     report.feed_failed = feed.failed();
     report.latency_ms = tally.latency_ms();
+}
+
+/// The tally of a run that fed records from `started`, with its deliveries per second.
+fn finish(report: &mut Report, tally: &Tally, feed: &Feed, started: u64) {
+    read_tally(report, tally, feed);
     let span = tally
         .last_receipt
         .load(Ordering::Relaxed)
@@ -802,11 +807,6 @@ async fn storm(
     tally.stopping.store(true, Ordering::Relaxed);
     let _ = release.send(true);
     while tasks.join_next().await.is_some() {}
-    report.connected = tally.connected.load(Ordering::Relaxed);
-    report.hydrated = tally.hydrated.load(Ordering::Relaxed);
-    report.errors = tally.errors.load(Ordering::Relaxed);
-    report.disconnects = tally.disconnects.load(Ordering::Relaxed);
-    report.latency_ms = tally.latency_ms();
-    report.feed_failed = feed.failed();
+    read_tally(report, &tally, feed);
     Ok(())
 }
