@@ -19,7 +19,7 @@ const TOP_COINS_EVENT: &str = "cryptoTopCoinsResponse";
 const TICKER_EVENT: &str = "cryptoTickerResponse";
 const CACHE_TTL_MS: u64 = 5 * 60 * 1000;
 
-/// The plugin (public so native code can run the same mapping; see `plugin!`).
+/// The plugin (public so that the benchmarks can run its mapping natively; see `plugin!`).
 pub struct Crypto;
 
 impl Plugin for Crypto {

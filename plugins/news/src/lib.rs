@@ -14,7 +14,7 @@ const CACHE_KEY: &str = "news.global";
 const EVENT: &str = "newsUpdate";
 const CACHE_TTL_MS: u64 = 15 * 60 * 1000;
 
-/// The plugin (public so native code can run the same mapping; see `plugin!`).
+/// The plugin (public so that the benchmarks can run its mapping natively; see `plugin!`).
 pub struct News;
 
 #[derive(Deserialize)]

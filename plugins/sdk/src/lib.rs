@@ -72,9 +72,9 @@ pub trait Plugin {
 
 /// Export a [`Plugin`] implementation as the component's `plugin` world.
 ///
-/// Only when building for WebAssembly: a native build exports nothing, so several plugins can
-/// be linked into one native program (the benchmarks run each mapping natively, against the
-/// same code as a component).
+/// Only when building for WebAssembly: natively it exports nothing, so several plugins'
+/// sources can be compiled into one native program (the benchmarks run each plugin's mapping
+/// natively, against the same code as a component).
 #[macro_export]
 macro_rules! plugin {
     ($plugin:ty) => {

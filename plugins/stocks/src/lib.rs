@@ -17,7 +17,7 @@ const CACHE_TTL_MS: u64 = 10 * 60 * 1000;
 const REFRESH_TIMER: &str = "refresh";
 const REFRESH_EVERY_MS: u32 = 30_000;
 
-/// The plugin (public so native code can run the same mapping; see `plugin!`).
+/// The plugin (public so that the benchmarks can run its mapping natively; see `plugin!`).
 pub struct Stocks;
 
 #[derive(Deserialize)]

@@ -13,7 +13,7 @@ const TOPIC: &str = "example.service.event.updated";
 const CACHE_KEY: &str = "example.latest";
 const EVENT: &str = "exampleUpdate";
 
-/// The plugin (public so native code can run the same mapping; see `plugin!`).
+/// The plugin (public so that the benchmarks can run its mapping natively; see `plugin!`).
 pub struct Example;
 
 impl Plugin for Example {

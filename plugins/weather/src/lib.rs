@@ -16,7 +16,7 @@ const UPDATED_TOPIC: &str = "weather.service.event.updated";
 const CACHE_TTL_MS: u64 = 10 * 60 * 1000;
 const MAX_CITY_CHARS: usize = 64;
 
-/// The plugin (public so native code can run the same mapping; see `plugin!`).
+/// The plugin (public so that the benchmarks can run its mapping natively; see `plugin!`).
 pub struct Weather;
 
 impl Plugin for Weather {
