@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds what the load scenarios need, lifts the file-descriptor limit for both servers and the
+# Installs and builds what the load scenarios need (tansu, the release binaries, the plugins,
+# the peer's packages), lifts the file-descriptor limit for both servers and the
 # load generator (20,000 clients each side), and runs bench/scenarios.mjs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/ensure-tansu.sh
+export TANSU_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
 scripts/build-plugins.sh
 cargo build --release -p flux-gateway -p flux-load
 (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error)

@@ -12,11 +12,7 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nodejs npm
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-# tansu: an Apache-2.0 Kafka-compatible broker, for the Kafka tests (about 10 minutes once).
-TANSU_VERSION=0.6.0
-if ! cargo install --list | grep -qx "tansu v${TANSU_VERSION}:"; then
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
-fi
+scripts/ensure-tansu.sh
 export TANSU_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
 
 step "guests: domain plugins and fixtures (wasm32-wasip2)"
