@@ -207,34 +207,44 @@ export async function startBroker({ port, sqliteFile } = {}) {
 }
 
 /**
- * The Node.js socket.io peer (bench/peer) against `brokers`, in production mode; resolves
- * once its Kafka consumer has joined its group.
+ * Spawns a service that prints `marker` on stdout once it serves; resolves when it has, with
+ * its stderr so far and how to stop it.
  */
-export async function startPeer(brokers, env = {}) {
-  const port = await freePort();
-  const child = spawn(process.execPath, [join(root, "bench/peer/server.mjs")], {
-    stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, ...env, NODE_ENV: "production", PORT: String(port), BROKERS: brokers },
-  });
+async function startService(what, command, args, { env = process.env, marker, timeout }) {
+  const child = spawn(command, args, { stdio: ["ignore", "pipe", "pipe"], env });
   const logs = [];
   child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));
   const exited = new Promise((done) => child.once("exit", (code, signal) => done({ code, signal })));
   await withTimeout(
     new Promise((ready, failed) => {
-      child.stdout.setEncoding("utf8").on("data", (chunk) => chunk.includes("ready") && ready());
-      exited.then(({ code }) => failed(new Error(`the peer exited with ${code}:\n${logs.join("")}`)));
+      child.stdout.setEncoding("utf8").on("data", (chunk) => chunk.includes(marker) && ready());
+      exited.then(({ code }) => failed(new Error(`${what} exited with ${code}:\n${logs.join("")}`)));
     }),
-    60_000,
-    "the Node peer to consume",
+    timeout,
+    `${what} to start`,
   );
   return {
-    url: `http://127.0.0.1:${port}`,
     process: child,
+    logs: () => logs.join(""),
     async stop() {
       if (child.exitCode === null) child.kill("SIGTERM");
-      return withTimeout(exited, 10_000, "the Node peer to exit");
+      await withTimeout(exited, 10_000, `${what} to exit`);
     },
   };
+}
+
+/**
+ * The Node.js socket.io peer (bench/peer) against `brokers`, in production mode; resolves
+ * once its Kafka consumer has joined its group.
+ */
+export async function startPeer(brokers, env = {}) {
+  const port = await freePort();
+  const peer = await startService("the Node peer", process.execPath, [join(root, "bench/peer/server.mjs")], {
+    env: { ...process.env, ...env, NODE_ENV: "production", PORT: String(port), BROKERS: brokers },
+    marker: "ready",
+    timeout: 60_000,
+  });
+  return { ...peer, url: `http://127.0.0.1:${port}` };
 }
 
 /** The simulated upstream services as their own process against `brokers`. */
@@ -242,25 +252,10 @@ export async function startSim(brokers, demo = "ticker_every_ms = 100\nsnapshot_
   const dir = mkdtempSync(join(tmpdir(), "flux-sim-"));
   const config = join(dir, "sim.toml");
   writeFileSync(config, `[demo]\n${demo}\n[kafka]\nbrokers = "${brokers}"\n`);
-  const child = spawn(gatewayBin, ["sim", "--config", config], { stdio: ["ignore", "pipe", "pipe"] });
-  const logs = [];
-  child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));
-  const exited = new Promise((done) => child.once("exit", (code, signal) => done({ code, signal })));
-  await withTimeout(
-    new Promise((done, failed) => {
-      child.stdout.setEncoding("utf8").on("data", (chunk) => chunk.includes("sim running") && done());
-      exited.then(({ code }) => failed(new Error(`sim exited with ${code}:\n${logs.join("")}`)));
-    }),
-    20_000,
-    "the simulated services to start",
-  );
-  return {
-    logs: () => logs.join(""),
-    async stop() {
-      if (child.exitCode === null) child.kill("SIGTERM");
-      await withTimeout(exited, 10_000, "the simulated services to exit");
-    },
-  };
+  return startService("the simulated services", gatewayBin, ["sim", "--config", config], {
+    marker: "sim running",
+    timeout: 20_000,
+  });
 }
 
 function probe(...args) {
