@@ -37,6 +37,7 @@ pub mod bindings {
     });
 }
 
+pub use bindings::flux::gateway::caller::Principal;
 pub use bindings::flux::gateway::host::LogLevel;
 pub use bindings::flux::gateway::types::{
     Action, BusRecord, CachePolicy, CachePut, ClientRequest, Emit, PluginInfo, Publish, Reply,
@@ -122,6 +123,13 @@ pub fn install_panic_logger() {
             log(LogLevel::Error, &format!("panic: {info}"))
         }));
     });
+}
+
+/// The authenticated user behind the request being handled (its token's subject, scopes and
+/// claims); `None` outside `on_request` and on a gateway that runs without authentication.
+/// Refuse a request the caller may not make with `RequestError::Invalid`.
+pub fn caller() -> Option<Principal> {
+    bindings::flux::gateway::caller::current()
 }
 
 /// Read this plugin's cache.
