@@ -32,6 +32,10 @@ pub struct Config {
     pub reload: ReloadConfig,
     /// Per-plugin overrides of `[limits]`, by plugin name: `[plugins.weather]`.
     pub plugins: BTreeMap<String, PluginPolicy>,
+    /// Who may connect: handshake authentication.
+    pub auth: AuthConfig,
+    /// The private listener for `/metrics` and `/admin/*`.
+    pub admin: AdminConfig,
 }
 
 impl Default for Config {
@@ -49,6 +53,127 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             reload: ReloadConfig::default(),
             plugins: BTreeMap::new(),
+            auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// A secret value: written inline, or read from an environment variable (`{ env = "NAME" }`)
+/// or a file (`{ file = "/run/secrets/x" }`, trailing newline dropped) when the configuration
+/// is loaded. Its `Debug` output never shows the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, deny_unknown_fields)]
+        enum Source {
+            Inline(String),
+            Env { env: String },
+            File { file: PathBuf },
+        }
+        match Source::deserialize(deserializer)? {
+            Source::Inline(value) => Ok(Self(value)),
+            Source::Env { env } => std::env::var(&env).map(Self).map_err(|_| {
+                serde::de::Error::custom(format!("environment variable {env} is not set"))
+            }),
+            Source::File { file } => std::fs::read_to_string(&file)
+                .map(|text| Self(text.trim_end_matches(['\r', '\n']).to_owned()))
+                .map_err(|e| {
+                    serde::de::Error::custom(format!("cannot read {}: {e}", file.display()))
+                }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may connect; the client's `userId` is taken as given (development, demo).
+    #[default]
+    None,
+    /// A JWT is required on the handshake; its subject is the user.
+    Jwt,
+}
+
+/// Handshake authentication. See [`crate::auth`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// Shared secret for HS256 tokens.
+    pub hs256_secret: Option<Secret>,
+    /// PEM public keys (RSA for RS256, P-256 for ES256).
+    pub public_key_files: Vec<PathBuf>,
+    /// A JWKS endpoint: keys by `kid`, refetched when a token names an unknown one.
+    pub jwks_url: Option<String>,
+    /// Longest wait for the JWKS endpoint.
+    pub jwks_timeout_ms: u64,
+    /// Least time between two JWKS fetches, so unknown `kid`s cannot make the gateway hammer
+    /// the endpoint.
+    pub jwks_min_refetch_ms: u64,
+    /// When set, `aud` must contain it.
+    pub audience: Option<String>,
+    /// When set, `iss` must equal it.
+    pub issuer: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// How long after `exp` a connected socket may still send `refreshToken`.
+    pub refresh_grace_ms: u64,
+    /// The claim holding scopes: a space-separated string or an array of strings.
+    pub scope_claim: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::None,
+            hs256_secret: None,
+            public_key_files: Vec::new(),
+            jwks_url: None,
+            jwks_timeout_ms: 2_000,
+            jwks_min_refetch_ms: 5_000,
+            audience: None,
+            issuer: None,
+            leeway_secs: 5,
+            refresh_grace_ms: 10_000,
+            scope_claim: "scope".into(),
+        }
+    }
+}
+
+/// The private listener: `/metrics`, `/admin/*` and the probes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener; empty: no admin listener.
+    pub listen: String,
+    /// When set, `/metrics` and `/admin/*` require `Authorization: Bearer TOKEN`.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9300".into(),
+            token: None,
         }
     }
 }
@@ -130,6 +255,11 @@ pub struct SocketConfig {
     /// Websocket read buffer per connection, allocated up front (socketioxide's default is
     /// 4 KB). Client messages are small; a larger one still arrives whole, in more reads.
     pub ws_read_buffer_bytes: usize,
+    /// Browser origins allowed to connect (exact, e.g. `https://app.example.com`, or `*`).
+    /// Unset: loopback origins and the gateway's own origin. See [`crate::origins`].
+    pub allowed_origins: Option<Vec<String>>,
+    /// Answer CORS requests with `Access-Control-Allow-Credentials: true` (cookies).
+    pub cors_credentials: bool,
 }
 
 impl Default for SocketConfig {
@@ -140,6 +270,8 @@ impl Default for SocketConfig {
             max_buffer: 256,
             max_payload_bytes: 64 * 1024,
             ws_read_buffer_bytes: 512,
+            allowed_origins: None,
+            cors_credentials: false,
         }
     }
 }
@@ -181,6 +313,9 @@ pub struct PluginPolicy {
     pub max_actions: Option<usize>,
     pub max_payload_bytes: Option<usize>,
     pub publishes_per_sec: Option<u32>,
+    /// A scope the socket's principal must hold for the host to route any of its events to
+    /// this plugin (and so join it to the plugin's rooms).
+    pub required_scope: Option<String>,
 }
 
 /// The `[limits]` defaults and the `[plugins.NAME]` tables: what a plugin named `name` may use
@@ -283,8 +418,9 @@ pub struct KafkaConfig {
     /// Records queued for the broker before publishing fails fast (`queue.buffering.max.messages`).
     pub produce_queue_max: u32,
     /// Any librdkafka property, applied last: `security.protocol`, `sasl.*`, `ssl.*`,
-    /// `client.id`, ...
-    pub properties: BTreeMap<String, String>,
+    /// `client.id`, ... Values may come from the environment or a file like any [`Secret`]
+    /// (`"sasl.password" = { env = "KAFKA_PASSWORD" }`), and are never shown by `Debug`.
+    pub properties: BTreeMap<String, Secret>,
 }
 
 impl Default for KafkaConfig {
@@ -351,7 +487,8 @@ impl Config {
     }
 
     /// `FLUX_LISTEN`, `FLUX_PLUGIN_DIR`, `FLUX_DEDUPE_WINDOW_MS`, `FLUX_LOG_FORMAT`,
-    /// `FLUX_CALL_TIMEOUT_MS`, `FLUX_MEMORY_MB`, `FLUX_DEMO`, `FLUX_KAFKA_BROKERS`, `FLUX_NODE_ID`.
+    /// `FLUX_CALL_TIMEOUT_MS`, `FLUX_MEMORY_MB`, `FLUX_DEMO`, `FLUX_KAFKA_BROKERS`, `FLUX_NODE_ID`,
+    /// `FLUX_ADMIN_LISTEN`, `FLUX_ADMIN_TOKEN`, `FLUX_AUTH_MODE`, `FLUX_AUTH_HS256_SECRET`.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,
@@ -381,6 +518,18 @@ impl Config {
                 }
                 "FLUX_KAFKA_BROKERS" => self.kafka.brokers = value.clone(),
                 "FLUX_NODE_ID" => self.kafka.node_id = Some(value.clone()),
+                "FLUX_ADMIN_LISTEN" => self.admin.listen = value.clone(),
+                "FLUX_ADMIN_TOKEN" => self.admin.token = Some(Secret::new(value.as_str())),
+                "FLUX_AUTH_HS256_SECRET" => {
+                    self.auth.hs256_secret = Some(Secret::new(value.as_str()))
+                }
+                "FLUX_AUTH_MODE" => {
+                    self.auth.mode = match value.as_str() {
+                        "none" => AuthMode::None,
+                        "jwt" => AuthMode::Jwt,
+                        _ => return Err(invalid("expected `none` or `jwt`".into())),
+                    }
+                }
                 "FLUX_DEMO" => {
                     self.demo.enabled = match value.as_str() {
                         "1" | "true" => true,
@@ -496,7 +645,10 @@ mod tests {
         )
         .unwrap();
         assert!(config.kafka.enabled());
-        assert_eq!(config.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(
+            config.kafka.properties["security.protocol"].expose(),
+            "SASL_SSL"
+        );
         assert!(!Config::default().kafka.enabled(), "embedded by default");
     }
 

@@ -1,10 +1,11 @@
-//! The Socket.IO side: connection logging, `getUserId`, and routing every other client event
-//! to the plugins that declared it.
+//! The Socket.IO side: the handshake (authentication), connection logging, `getUserId`,
+//! `refreshToken`, and routing every other client event to the plugins that declared it and
+//! that the socket's principal may use.
 
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ConnectInfo;
 use futures_util::future::join_all;
@@ -15,7 +16,9 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Event, SocketRef, TryData};
 use socketioxide::handler::ConnectHandler;
 use socketioxide::socket::DisconnectReason;
+use tokio::task::AbortHandle;
 
+use crate::auth::{AuthRefusal, Authenticator, Principal};
 use crate::bus::Bus;
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::metrics::{self, Metrics};
@@ -31,12 +34,29 @@ const MAX_CLIENT_MESSAGE: usize = 200;
 #[derive(Clone)]
 struct UserId(String);
 
+/// What the handshake established about an authenticated socket.
+struct Session {
+    /// Replaced by `refreshToken`.
+    principal: parking_lot::RwLock<Arc<Principal>>,
+    /// The task that disconnects the socket once its token expired unrefreshed.
+    expiry: parking_lot::Mutex<Option<AbortHandle>>,
+}
+
+impl Session {
+    fn principal(&self) -> Arc<Principal> {
+        self.principal.read().clone()
+    }
+}
+
 /// What every socket handler shares.
 pub struct Gateway {
     pub plugins: Arc<PluginSet>,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Arc<Metrics>,
     pub bus: Arc<dyn Bus>,
+    pub auth: Arc<Authenticator>,
+    /// Per plugin name: the scope a socket's principal needs for the plugin to be called.
+    pub required_scopes: BTreeMap<String, String>,
 }
 
 impl Gateway {
@@ -45,12 +65,63 @@ impl Gateway {
         let gateway = self.clone();
         // socketioxide sends the CONNECT packet before it runs the connect handler, so a client
         // emitting at once could reach a socket with no handlers yet. Middleware runs before
-        // CONNECT is sent: register everything there.
-        let prepare = move |socket: SocketRef| {
-            gateway.prepare(socket);
-            async { Ok::<(), Infallible>(()) }
+        // CONNECT is sent: authenticate and register everything there. An `Err` becomes the
+        // client's `connect_error`, its message the refusal's words.
+        let admit = move |socket: SocketRef, TryData(auth): TryData<Value>| {
+            let gateway = gateway.clone();
+            async move { gateway.admit(socket, auth.ok()).await }
         };
-        io.ns("/", connected.with(prepare));
+        io.ns("/", connected.with(admit));
+    }
+
+    async fn admit(
+        self: Arc<Self>,
+        socket: SocketRef,
+        auth: Option<Value>,
+    ) -> Result<(), AuthRefusal> {
+        if self.auth.required() {
+            let token = handshake_token(auth.as_ref(), &socket.req_parts().headers);
+            let principal = self.auth.authenticate(token).await.inspect_err(|refusal| {
+                tracing::debug!(socket = %socket.id, "handshake refused: {refusal}");
+            })?;
+            let session = Arc::new(Session {
+                principal: parking_lot::RwLock::new(Arc::new(principal)),
+                expiry: parking_lot::Mutex::new(None),
+            });
+            socket.extensions.insert(session.clone());
+            self.watch_expiry(&socket, &session);
+        }
+        self.prepare(socket);
+        Ok(())
+    }
+
+    /// Disconnects the socket once its token's `exp` plus the refresh grace has passed with
+    /// no `refreshToken` extending it.
+    fn watch_expiry(&self, socket: &SocketRef, session: &Arc<Session>) {
+        let (socket, watched) = (socket.clone(), session.clone());
+        let grace = self.auth.refresh_grace;
+        let expired = self.metrics.counter(metrics::AUTH_EXPIRED_DISCONNECTS, &[]);
+        let task = tokio::spawn(async move {
+            loop {
+                let deadline = Duration::from_secs(watched.principal().expires_at) + grace;
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                match deadline.checked_sub(now) {
+                    Some(left) if !left.is_zero() => tokio::time::sleep(left).await,
+                    _ => break,
+                }
+            }
+            expired.inc();
+            tracing::info!(socket = %socket.id, "token expired and was not refreshed: disconnecting");
+            let message = "session expired: the token was not refreshed";
+            let _ = socket.emit(
+                "error",
+                &serde_json::json!({ "status": "error", "message": message }),
+            );
+            let _ = socket.disconnect();
+        });
+        *session.expiry.lock() = Some(task.abort_handle());
     }
 
     fn prepare(self: &Arc<Self>, socket: SocketRef) {
@@ -75,6 +146,16 @@ impl Gateway {
         connected.inc();
 
         socket.on("getUserId", get_user_id);
+        if self.auth.required() {
+            let gateway = self.clone();
+            socket.on(
+                "refreshToken",
+                move |socket: SocketRef, TryData(token): TryData<Value>, ack: AckSender| {
+                    let gateway = gateway.clone();
+                    async move { gateway.refresh_token(socket, token.ok(), ack).await }
+                },
+            );
+        }
         let gateway = self.clone();
         socket.on_fallback(
             move |socket: SocketRef,
@@ -87,12 +168,57 @@ impl Gateway {
         );
         socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
             connected.dec();
+            if let Some(session) = socket.extensions.get::<Arc<Session>>()
+                && let Some(expiry) = session.expiry.lock().take()
+            {
+                expiry.abort();
+            }
             tracing::info!(socket = %socket.id, reason = disconnect_reason(reason), "client disconnected");
         });
     }
 
-    /// Routes a client event to every plugin that handles it, applies their actions in plugin
-    /// order, and answers the acknowledgement (first reply, else success, else the error).
+    /// `refreshToken`: a fresh token for the same user extends the socket's session.
+    async fn refresh_token(&self, socket: SocketRef, payload: Option<Value>, ack: AckSender) {
+        let Some(session) = socket.extensions.get::<Arc<Session>>() else {
+            return;
+        };
+        let token = match &payload {
+            Some(Value::String(token)) => Some(token.as_str()),
+            Some(object) => object.get("token").and_then(Value::as_str),
+            None => None,
+        };
+        let refreshed = match token {
+            None => Err(AuthRefusal::Missing),
+            Some(token) => self.auth.verify(token).await.and_then(|fresh| {
+                if fresh.subject == session.principal().subject {
+                    Ok(fresh)
+                } else {
+                    Err(AuthRefusal::OtherSubject)
+                }
+            }),
+        };
+        let outcome = if refreshed.is_ok() {
+            "accepted"
+        } else {
+            "refused"
+        };
+        self.metrics
+            .counter(metrics::AUTH_REFRESHES, &[("outcome", outcome)])
+            .inc();
+        match refreshed {
+            Ok(fresh) => {
+                let expires_at = fresh.expires_at;
+                *session.principal.write() = Arc::new(fresh);
+                let _ =
+                    ack.send(&serde_json::json!({ "status": "success", "expiresAt": expires_at }));
+            }
+            Err(refusal) => answer_error(&socket, ack, &refusal.to_string()),
+        }
+    }
+
+    /// Routes a client event to every plugin that handles it and that the socket's principal
+    /// may use, applies their actions in plugin order, and answers the acknowledgement (first
+    /// reply, else success, else the error).
     async fn on_client_event(
         &self,
         socket: SocketRef,
@@ -100,7 +226,7 @@ impl Gateway {
         args: Option<Arguments>,
         ack: AckSender,
     ) {
-        let handlers = self.plugins.handlers(&event);
+        let mut handlers = self.plugins.handlers(&event);
         let known = if handlers.is_empty() {
             "unknown"
         } else {
@@ -113,6 +239,32 @@ impl Gateway {
             let shown: String = event.chars().take(64).collect();
             return answer_error(&socket, ack, &format!("unknown event {shown:?}"));
         }
+        let principal = socket
+            .extensions
+            .get::<Arc<Session>>()
+            .map(|session| session.principal());
+        let mut missing_scope = None;
+        handlers.retain(|(_, plugin)| {
+            let name = &plugin.manifest.name;
+            let Some(scope) = self.required_scopes.get(name) else {
+                return true;
+            };
+            let permitted = principal.as_ref().is_some_and(|p| p.has_scope(scope));
+            if !permitted {
+                self.metrics
+                    .counter(metrics::REQUESTS_FORBIDDEN, &[("plugin", name)])
+                    .inc();
+                missing_scope.get_or_insert(scope);
+            }
+            permitted
+        });
+        if let (true, Some(scope)) = (handlers.is_empty(), missing_scope) {
+            return answer_error(
+                &socket,
+                ack,
+                &format!("{event}: requires the {scope:?} scope"),
+            );
+        }
         let Some(Arguments(args)) = args else {
             return answer_error(
                 &socket,
@@ -120,8 +272,12 @@ impl Gateway {
                 &format!("{event}: the payload is not valid JSON"),
             );
         };
-        let (payload, user_id) = split_arguments(args);
-        let user_id = user_id.or_else(|| socket.extensions.get::<UserId>().map(|u| u.0));
+        let (payload, claimed_user) = split_arguments(args);
+        // An authenticated socket is its token's subject, whatever user id it sends.
+        let user_id = match &principal {
+            Some(principal) => Some(principal.subject.clone()),
+            None => claimed_user.or_else(|| socket.extensions.get::<UserId>().map(|u| u.0)),
+        };
         let request = ClientRequest {
             event: event.clone(),
             payload: payload.to_string(),
@@ -129,8 +285,10 @@ impl Gateway {
         };
 
         let calls = handlers.iter().map(|(_, plugin)| {
-            let request = request.clone();
-            async move { tokio::time::timeout(REQUEST_TIMEOUT, plugin.on_request(request)).await }
+            let (request, caller) = (request.clone(), principal.clone());
+            async move {
+                tokio::time::timeout(REQUEST_TIMEOUT, plugin.on_request(request, caller)).await
+            }
         });
         let outcomes = join_all(calls).await;
 
@@ -186,12 +344,32 @@ impl Gateway {
 /// Everything happens in [`Gateway::prepare`], before the client learns it is connected.
 async fn connected() {}
 
-/// `getUserId`: a server-generated UUID, as the ack and as a `userUniqueId` event, stable for
-/// the socket's lifetime.
+/// The handshake's token: the `auth` payload's `token` (socket.io-client's `auth` option),
+/// else an `Authorization: Bearer` header (non-browser clients).
+fn handshake_token<'a>(
+    auth: Option<&'a Value>,
+    headers: &'a axum::http::HeaderMap,
+) -> Option<&'a str> {
+    auth.and_then(|auth| auth.get("token"))
+        .and_then(Value::as_str)
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        })
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+}
+
+/// `getUserId`: the authenticated subject, else a server-generated UUID stable for the
+/// socket's lifetime; as the ack and as a `userUniqueId` event.
 async fn get_user_id(socket: SocketRef, ack: AckSender) {
-    let id = match socket.extensions.get::<UserId>() {
-        Some(existing) => existing.0,
-        None => {
+    let session = socket.extensions.get::<Arc<Session>>();
+    let id = match (session, socket.extensions.get::<UserId>()) {
+        (Some(session), _) => session.principal().subject.clone(),
+        (None, Some(existing)) => existing.0,
+        (None, None) => {
             let fresh = uuid::Uuid::new_v4().to_string();
             socket.extensions.insert(UserId(fresh.clone()));
             fresh

@@ -7,6 +7,8 @@
 //!
 //! # Layout
 //! - [`config`]: TOML configuration with environment overrides; unknown keys rejected.
+//! - [`auth`]: handshake authentication (JWT: HS256, RS256/ES256 PEM keys, JWKS) and principals.
+//! - [`origins`]: the browser origin allowlist and CORS.
 //! - [`bus`]: the bus seam (records as Kafka carries them), the embedded bus and the Kafka bus.
 //! - [`plugin`]: the WIT bindings, manifests, and the wasmtime runtime with per-call limits.
 //! - [`plugins`]: the live plugin set: load, canary, hot swap, unload, roll back.
@@ -14,11 +16,13 @@
 //! - [`pipeline`]: bus records and timers into plugins, in order and in batches.
 //! - [`dispatch`]: validating and applying plugin actions; room emits and hydration ordering.
 //! - [`cache`]: the snapshot cache (per-entry TTL) and the room index used for hydration.
-//! - [`gateway`]: Socket.IO connections, `getUserId`, and client-event routing.
-//! - [`http`]: `/healthz`, `/readyz`, `/metrics`, `/admin/plugins`.
+//! - [`gateway`]: Socket.IO connections, `getUserId`, `refreshToken`, and client-event routing
+//!   with per-plugin scopes.
+//! - [`http`]: the public probes and demo page; the admin listener's `/metrics` and `/admin/*`.
 //! - [`metrics`]: the Prometheus registry and metric names.
 //! - [`sim`]: simulated upstream services for the demo run (off by default).
 
+pub mod auth;
 pub mod bus;
 pub mod cache;
 pub mod config;
@@ -26,6 +30,7 @@ pub mod dispatch;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod origins;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugins;
@@ -40,6 +45,10 @@ use std::time::Duration;
 use socketioxide::SocketIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+
+use crate::auth::Authenticator;
+use crate::config::AuthMode;
+use crate::origins::{OriginGuard, OriginPolicy};
 
 use crate::bus::{Bus, EmbeddedBus, KafkaBus, StartAt};
 use crate::cache::SnapshotCache;
@@ -59,17 +68,42 @@ pub enum RunError {
     PluginDir { dir: String, source: std::io::Error },
     #[error("cannot create the Kafka bus: {0}")]
     Bus(String),
+    #[error("invalid [auth] configuration: {0}")]
+    Auth(#[from] auth::AuthSetupError),
     #[error("server error: {0}")]
     Serve(#[from] std::io::Error),
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes, then closes every socket.
+/// Where the gateway serves: the public listener (Socket.IO, probes, demo page) and the
+/// private admin listener (`/metrics`, `/admin/*`, probes), if any.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+/// Serves the gateway on `listeners` until `shutdown` completes, then closes every socket.
 pub async fn run(
-    listener: TcpListener,
+    listeners: Listeners,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
+    let Listeners {
+        public: listener,
+        admin,
+    } = listeners;
     let metrics = Arc::new(Metrics::default());
+    let auth = Arc::new(Authenticator::new(&config.auth, metrics.clone())?);
+    auth.prefetch();
+    if config.auth.mode == AuthMode::None
+        && listener
+            .local_addr()
+            .is_ok_and(|address| !address.ip().is_loopback())
+    {
+        tracing::warn!(
+            "listening on a non-loopback address without authentication: anyone who reaches \
+             this port can connect and act as any user; set [auth] mode = \"jwt\""
+        );
+    }
     let cache = Arc::new(SnapshotCache::new(config.cache.max_entries));
     let runtime = Arc::new(
         PluginRuntime::new(
@@ -156,15 +190,42 @@ pub async fn run(
         ));
     }
 
+    let required_scopes = config
+        .plugins
+        .iter()
+        .filter_map(|(name, policy)| Some((name.clone(), policy.required_scope.clone()?)))
+        .collect();
     let gateway = Arc::new(Gateway {
         plugins: plugins.clone(),
         dispatcher,
-        metrics,
+        metrics: metrics.clone(),
         bus,
+        auth,
+        required_scopes,
     });
     gateway.attach(&io);
-    let app = http::router(gateway).layer(layer);
+    let origins = OriginPolicy::new(config.socket.allowed_origins.as_deref());
+    let app = http::public_router(gateway.clone(), config.demo.enabled)
+        .layer(layer)
+        .layer(axum::middleware::from_fn_with_state(
+            OriginGuard::new(origins.clone(), &metrics),
+            origins::check_origin,
+        ))
+        .layer(origins.cors(config.socket.cors_credentials));
 
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    if let Some(admin) = admin {
+        let app = http::admin_router(gateway, config.admin.token.clone());
+        let mut stopped = stopped.clone();
+        tasks.spawn(async move {
+            let serving = axum::serve(admin, app).with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            });
+            if let Err(e) = serving.await {
+                tracing::error!("the admin listener failed: {e}");
+            }
+        });
+    }
     let closing = io.clone();
     axum::serve(
         listener,
@@ -173,6 +234,7 @@ pub async fn run(
     .with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: closing client connections");
+        let _ = stopping.send(true);
         closing.close().await;
     })
     .await?;

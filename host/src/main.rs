@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use flux_gateway::Listeners;
+use flux_gateway::auth::{self, TokenRequest};
 use flux_gateway::bus::KafkaBus;
 use flux_gateway::config::{Config, LogFormat};
 use flux_gateway::metrics::Metrics;
@@ -25,6 +27,9 @@ struct Cli {
     /// Address to listen on (port 0 picks a free port).
     #[arg(long)]
     listen: Option<String>,
+    /// Address of the private admin listener (`/metrics`, `/admin/*`); empty for none.
+    #[arg(long)]
+    admin_listen: Option<String>,
     /// Directory of plugin `.wasm` files.
     #[arg(long)]
     plugin_dir: Option<PathBuf>,
@@ -50,6 +55,25 @@ enum Command {
     /// Run the simulated upstream services (weather, crypto, news, stocks) against a Kafka
     /// broker, as their own process.
     Sim,
+    /// Print an HS256 token signed with `[auth] hs256_secret` (or `FLUX_AUTH_HS256_SECRET`),
+    /// for local testing.
+    Token {
+        /// The user: the token's `sub`.
+        #[arg(long)]
+        sub: String,
+        /// A scope to grant; repeat for several.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+        /// `aud` claim (default: `[auth] audience`).
+        #[arg(long)]
+        aud: Option<String>,
+        /// `iss` claim (default: `[auth] issuer`).
+        #[arg(long)]
+        iss: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -58,6 +82,9 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
     if let Some(listen) = cli.listen {
         config.listen = listen;
+    }
+    if let Some(admin_listen) = cli.admin_listen {
+        config.admin.listen = admin_listen;
     }
     if let Some(dir) = cli.plugin_dir {
         config.plugin_dir = dir;
@@ -90,20 +117,55 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Human => logs.init(),
     }
 
-    if let Some(Command::Sim) = cli.command {
-        return run_sim(config).await;
+    match cli.command {
+        Some(Command::Sim) => return run_sim(config).await,
+        Some(Command::Token {
+            sub,
+            scopes,
+            ttl_secs,
+            aud,
+            iss,
+        }) => {
+            let secret =
+                config.auth.hs256_secret.as_ref().context(
+                    "no HS256 secret: set [auth] hs256_secret or FLUX_AUTH_HS256_SECRET",
+                )?;
+            let request = TokenRequest {
+                subject: sub,
+                scopes,
+                ttl: Duration::from_secs(ttl_secs),
+                audience: aud.or(config.auth.audience.clone()),
+                issuer: iss.or(config.auth.issuer.clone()),
+            };
+            println!(
+                "{}",
+                auth::mint_hs256(secret, &config.auth.scope_claim, &request)?
+            );
+            return Ok(());
+        }
+        None => {}
     }
 
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
-    // Scripts and tests read this line to find the port.
-    println!("flux-gateway listening on http://{address}");
+    let public = bind(&config.listen).await?;
+    let admin = match config.admin.listen.trim() {
+        "" => None,
+        address => Some(bind(address).await?),
+    };
+    // Scripts and tests read these lines to find the ports.
+    println!("flux-gateway listening on http://{}", public.local_addr()?);
+    if let Some(admin) = &admin {
+        println!("flux-gateway admin on http://{}", admin.local_addr()?);
+    }
     std::io::stdout().flush()?;
 
-    flux_gateway::run(listener, config, shutdown_signal()).await?;
+    flux_gateway::run(Listeners { public, admin }, config, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn bind(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
 }
 
 /// The simulated upstream services as a process of their own, on the Kafka bus.

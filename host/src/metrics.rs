@@ -26,6 +26,13 @@ pub const ROOM_EMITS: &str = "flux_room_emits_total";
 pub const HYDRATIONS: &str = "flux_hydrations_total";
 pub const CLIENT_EVENTS: &str = "flux_client_events_total";
 pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
+pub const AUTH_HANDSHAKES: &str = "flux_auth_handshakes_total";
+pub const AUTH_REFRESHES: &str = "flux_auth_refreshes_total";
+pub const AUTH_EXPIRED_DISCONNECTS: &str = "flux_auth_expired_disconnects_total";
+pub const JWKS_FETCHES: &str = "flux_jwks_fetches_total";
+pub const REQUESTS_FORBIDDEN: &str = "flux_requests_forbidden_total";
+pub const ORIGIN_REFUSED: &str = "flux_origin_refused_total";
+pub const ADMIN_UNAUTHORIZED: &str = "flux_admin_unauthorized_total";
 
 const LATENCY_BUCKETS: [f64; 12] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,

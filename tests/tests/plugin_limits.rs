@@ -70,7 +70,7 @@ async fn crypto_still_serves(crypto: &PluginHandle) {
         payload: "null".into(),
         user_id: None,
     };
-    let actions = tokio::time::timeout(Duration::from_secs(5), crypto.on_request(request))
+    let actions = tokio::time::timeout(Duration::from_secs(5), crypto.on_request(request, None))
         .await
         .expect("crypto answers in time")
         .expect("crypto's call succeeds")

@@ -259,7 +259,7 @@ fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfi
     }
     // The operator's properties (security, client id, tuning) win over our defaults.
     for (key, value) in &config.properties {
-        client.set(key, value);
+        client.set(key, value.expose());
     }
     client
 }

@@ -26,7 +26,7 @@ pub use bindings::flux::gateway::types::{
 
 /// The WIT package version this host implements; plugins must be semver-compatible with it.
 pub const WIT_PACKAGE: &str = "flux:gateway";
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.1.1";
 
 /// Shortest timer interval a plugin may declare.
 const MIN_TIMER_INTERVAL: Duration = Duration::from_millis(100);

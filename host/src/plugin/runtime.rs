@@ -19,9 +19,11 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::bindings::flux::gateway::caller::Principal as WitPrincipal;
 use super::bindings::flux::gateway::host::LogLevel;
 use super::bindings::{Plugin, PluginPre};
 use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord};
+use crate::auth::Principal;
 use crate::cache::SnapshotCache;
 use crate::config::{PluginLimits, Policies};
 use crate::metrics::{self, Counter, Histogram, Metrics};
@@ -196,7 +198,7 @@ impl PluginRuntime {
             probes: None,
         };
         let info = instance
-            .call(|plugin, store| plugin.call_describe(store))
+            .call(None, |plugin, store| plugin.call_describe(store))
             .map_err(|e| LoadError::Describe(e.to_string()))?;
         let manifest = Arc::new(Manifest::from_info(info).map_err(LoadError::InvalidDescription)?);
         let topics: Vec<&String> = manifest
@@ -340,6 +342,7 @@ enum Job {
     ),
     Request(
         ClientRequest,
+        Option<Arc<Principal>>,
         oneshot::Sender<Result<Result<Vec<Action>, RequestError>, CallFailure>>,
     ),
     Timer(String, oneshot::Sender<Result<Vec<Action>, CallFailure>>),
@@ -353,11 +356,14 @@ impl PluginHandle {
         self.ask(|reply| Job::Records(records, reply)).await
     }
 
+    /// Answers a client request; `caller` is who asks (what the guest's
+    /// `caller.current()` returns during the call).
     pub async fn on_request(
         &self,
         request: ClientRequest,
+        caller: Option<Arc<Principal>>,
     ) -> Result<Result<Vec<Action>, RequestError>, CallFailure> {
-        self.ask(|reply| Job::Request(request, reply)).await
+        self.ask(|reply| Job::Request(request, caller, reply)).await
     }
 
     pub async fn on_timer(&self, name: String) -> Result<Vec<Action>, CallFailure> {
@@ -460,8 +466,8 @@ fn serve(mut instance: PluginInstance, mut queue: mpsc::Receiver<Job>) {
             Job::Records(records, reply) => {
                 let _ = reply.send(instance.on_records(&records));
             }
-            Job::Request(request, reply) => {
-                let _ = reply.send(instance.on_request(&request));
+            Job::Request(request, caller, reply) => {
+                let _ = reply.send(instance.on_request(&request, caller));
             }
             Job::Timer(name, reply) => {
                 let _ = reply.send(instance.on_timer(&name));
@@ -472,22 +478,25 @@ fn serve(mut instance: PluginInstance, mut queue: mpsc::Receiver<Job>) {
 
 impl PluginInstance {
     pub fn on_records(&mut self, records: &[WitRecord]) -> Result<Vec<RecordOutcome>, CallFailure> {
-        self.call(|p, s| p.call_on_records(s, records))
+        self.call(None, |p, s| p.call_on_records(s, records))
     }
 
     pub fn on_request(
         &mut self,
         request: &ClientRequest,
+        caller: Option<Arc<Principal>>,
     ) -> Result<Result<Vec<Action>, RequestError>, CallFailure> {
-        self.call(|p, s| p.call_on_request(s, request))
+        self.call(caller, |p, s| p.call_on_request(s, request))
     }
 
     pub fn on_timer(&mut self, name: &str) -> Result<Vec<Action>, CallFailure> {
-        self.call(|p, s| p.call_on_timer(s, name))
+        self.call(None, |p, s| p.call_on_timer(s, name))
     }
 
+    /// Calls the guest with `caller` visible to it for the duration of the call.
     fn call<R>(
         &mut self,
+        caller: Option<Arc<Principal>>,
         guest: impl FnOnce(&Plugin, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
         if self.instance.is_none() {
@@ -499,8 +508,10 @@ impl PluginInstance {
         };
         store.set_epoch_deadline(self.deadline_ticks);
         store.data_mut().limiter.denied = false;
+        store.data_mut().caller = caller;
         let started = Instant::now();
         let result = guest(plugin, store);
+        store.data_mut().caller = None;
         if let Some(probes) = &self.probes {
             probes.calls.inc();
             probes.latency.observe(started.elapsed());
@@ -557,6 +568,7 @@ impl PluginInstance {
             plugin: self.identity.name.clone(),
             version: self.identity.version.clone(),
             cache: self.cache.clone(),
+            caller: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -603,6 +615,8 @@ pub struct GuestState {
     plugin: Arc<str>,
     version: Arc<str>,
     cache: Arc<SnapshotCache>,
+    /// Who asked, while an `on-request` call runs.
+    caller: Option<Arc<Principal>>,
 }
 
 impl WasiView for GuestState {
@@ -615,6 +629,16 @@ impl WasiView for GuestState {
 }
 
 impl super::bindings::flux::gateway::types::Host for GuestState {}
+
+impl super::bindings::flux::gateway::caller::Host for GuestState {
+    fn current(&mut self) -> Option<WitPrincipal> {
+        self.caller.as_deref().map(|caller| WitPrincipal {
+            subject: caller.subject.clone(),
+            scopes: caller.scopes.clone(),
+            claims: caller.claims.clone(),
+        })
+    }
+}
 
 impl super::bindings::flux::gateway::host::Host for GuestState {
     fn cache_get(&mut self, key: String) -> Option<String> {
