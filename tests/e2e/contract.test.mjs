@@ -161,14 +161,14 @@ describe("a warm gateway", () => {
     const ready = await (await fetch(`${gateway.url}/readyz`)).json();
     assert.equal(ready.plugins, 4);
     assert.ok((await gateway.metric("flux_sockets_connected")) >= 1);
-    const plugins = await (await fetch(`${gateway.url}/admin/plugins`)).json();
+    const plugins = await (await gateway.admin("/admin/plugins")).json();
     assert.deepEqual(plugins.plugins.map((p) => p.name).sort(), ["crypto", "news", "stocks", "weather"]);
     const socket = await open();
     socket.close();
     await sleep(200);
     assert.match(gateway.logs(), /client connected.*transport=Websocket.*remote=127\.0\.0\.1:\d+.*user_agent=/);
     assert.match(gateway.logs(), /client disconnected.*reason="client disconnect"/);
-    const text = await (await fetch(`${gateway.url}/metrics`)).text();
+    const text = await (await gateway.admin("/metrics")).text();
     assert.doesNotMatch(text, /delhi|mumbai|user-/i, "no high-cardinality labels");
   });
 });

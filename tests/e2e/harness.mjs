@@ -28,35 +28,47 @@ export function withTimeout(promise, ms, what) {
  * Starts a gateway with `toml` as its configuration (plus the listen address and plugin
  * directory), waits until it reports ready, and returns how to reach and stop it.
  */
-export async function startGateway(toml = "", { args = [], waitReady = true, plugins = pluginDir } = {}) {
+export async function startGateway(
+  toml = "",
+  { args = [], waitReady = true, plugins = pluginDir, adminToken, env = {} } = {},
+) {
   const dir = mkdtempSync(join(tmpdir(), "flux-e2e-"));
   const config = join(dir, "gateway.toml");
   writeFileSync(config, `listen = "127.0.0.1:0"\nplugin_dir = ${JSON.stringify(plugins)}\n${toml}\n`);
-  const child = spawn(gatewayBin, ["--config", config, ...args], {
+  // The admin listener's default port is fixed; every test gateway takes a free one instead.
+  const child = spawn(gatewayBin, ["--config", config, "--admin-listen", "127.0.0.1:0", ...args], {
     stdio: ["ignore", "pipe", "pipe"],
-    env: { ...process.env, FLUX_LOG: process.env.FLUX_LOG ?? "info" },
+    env: { ...process.env, FLUX_LOG: process.env.FLUX_LOG ?? "info", ...env },
   });
   const logs = [];
   child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));
   const exited = new Promise((done) => child.once("exit", (code, signal) => done({ code, signal })));
 
-  const url = await withTimeout(
+  const [url, adminUrl] = await withTimeout(
     new Promise((found, failed) => {
       let out = "";
       child.stdout.setEncoding("utf8").on("data", (chunk) => {
         out += chunk;
-        const match = out.match(/listening on (http:\/\/\S+)/);
-        if (match) found(match[1]);
+        const listening = out.match(/listening on (http:\/\/\S+)/);
+        const admin = out.match(/admin on (http:\/\/\S+)/);
+        if (listening && admin) found([listening[1], admin[1]]);
       });
       exited.then(({ code }) => failed(new Error(`gateway exited with ${code}:\n${logs.join("")}`)));
     }),
     30_000,
-    "the gateway to print its address",
+    "the gateway to print its addresses",
   );
   const sockets = [];
+  const adminHeaders = adminToken ? { authorization: `Bearer ${adminToken}` } : {};
   const gateway = {
     url,
+    /** The private listener: `/metrics`, `/admin/*` and the probes. */
+    adminUrl,
     process: child,
+    /** A GET on the admin listener, with the admin token when the gateway has one. */
+    admin(path) {
+      return fetch(`${adminUrl}${path}`, { headers: adminHeaders });
+    },
     /** A connected client, closed by `stop()`. */
     async open() {
       const socket = await connect(url);
@@ -77,7 +89,7 @@ export async function startGateway(toml = "", { args = [], waitReady = true, plu
     },
     logs: () => logs.join(""),
     async metric(name, labels = "") {
-      const text = await (await fetch(`${url}/metrics`)).text();
+      const text = await (await gateway.admin("/metrics")).text();
       const line = text
         .split("\n")
         .find((l) => l.startsWith(name) && (labels === "" ? l.startsWith(`${name} `) : l.includes(labels)));
@@ -93,9 +105,12 @@ export async function startGateway(toml = "", { args = [], waitReady = true, plu
   return gateway;
 }
 
-/** A connected socket.io-client over websocket that records every event it receives. */
-export async function connect(url) {
-  const socket = io(url, { transports: ["websocket"], reconnection: false, forceNew: true });
+/**
+ * A connected socket.io-client over websocket that records every event it receives.
+ * `options` go to `io()` (e.g. `{ auth: { token } }`).
+ */
+export async function connect(url, options = {}) {
+  const socket = io(url, { transports: ["websocket"], reconnection: false, forceNew: true, ...options });
   socket.received = [];
   socket.onAny((event, ...args) => socket.received.push({ event, args }));
   await withTimeout(
@@ -107,6 +122,23 @@ export async function connect(url) {
     "the socket to connect",
   );
   return socket;
+}
+
+/** The `connect_error` message a handshake with `options` is refused with. */
+export async function connectError(url, options = {}) {
+  const socket = io(url, { transports: ["websocket"], reconnection: false, forceNew: true, ...options });
+  try {
+    return await withTimeout(
+      new Promise((refused, accepted) => {
+        socket.once("connect_error", (error) => refused(error.message));
+        socket.once("connect", () => accepted(new Error("the handshake was accepted")));
+      }),
+      10_000,
+      "the handshake to be refused",
+    );
+  } finally {
+    socket.close();
+  }
 }
 
 /** The first `event` (already received or still to come) whose payload satisfies `accept`. */

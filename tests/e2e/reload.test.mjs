@@ -49,7 +49,7 @@ async function setup(t, config = GATEWAY) {
     rmSync(dir, { recursive: true, force: true });
   });
   const open = () => gateway.open();
-  const admin = async () => (await fetch(`${gateway.url}/admin/plugins`)).json();
+  const admin = async () => (await gateway.admin("/admin/plugins")).json();
   return { dir, gateway, open, admin };
 }
 
