@@ -161,6 +161,9 @@ pub struct Rejected {
     pub file: String,
     pub reason: String,
     pub at_ms: u64,
+    /// The rejected bytes: the same bytes are not tried (nor logged) again.
+    #[serde(skip)]
+    digest: Option<String>,
 }
 
 /// What `GET /admin/plugins` shows of a slot.
@@ -217,6 +220,8 @@ pub enum LoadOutcome {
         to: String,
     },
     Unchanged(String),
+    /// The file still holds bytes that were rejected; nothing was tried.
+    StillRejected,
 }
 
 /// Why a file was not loaded: the plugin's name when it got as far as describing itself.
@@ -305,7 +310,23 @@ impl PluginSet {
     pub async fn load_file(&self, file: &Path) -> Option<LoadOutcome> {
         let _one_at_a_time = self.changing.lock().await;
         let started = Instant::now();
-        match self.try_load(file).await {
+        let bytes = match tokio::fs::read(file).await {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                self.reject(file, None, None, format!("cannot read: {e}"));
+                return None;
+            }
+        };
+        let digest = hex(&Sha256::digest(&bytes));
+        if self
+            .rejected
+            .lock()
+            .get(file)
+            .is_some_and(|rejected| rejected.digest.as_ref() == Some(&digest))
+        {
+            return Some(LoadOutcome::StillRejected);
+        }
+        match self.try_load(file, bytes, digest.clone()).await {
             Ok(outcome) => {
                 self.rejected.lock().remove(file);
                 let took = started.elapsed();
@@ -316,35 +337,44 @@ impl PluginSet {
                     LoadOutcome::Replaced { name, from, to } => {
                         tracing::info!(plugin = %name, from = %from, to = %to, ?took, "plugin swapped");
                     }
-                    LoadOutcome::Unchanged(_) => {}
+                    LoadOutcome::Unchanged(_) | LoadOutcome::StillRejected => {}
                 }
                 Some(outcome)
             }
             Err((plugin, reason)) => {
-                tracing::error!(file = %file.display(), "plugin rejected: {reason}");
-                let plugin = plugin.as_deref().unwrap_or("unknown");
-                self.metrics
-                    .counter(
-                        metrics::PLUGIN_RELOADS,
-                        &[("plugin", plugin), ("outcome", "rejected")],
-                    )
-                    .inc();
-                let rejected = Rejected {
-                    file: file.display().to_string(),
-                    reason,
-                    at_ms: unix_ms(SystemTime::now()),
-                };
-                self.rejected.lock().insert(file.to_owned(), rejected);
+                self.reject(file, plugin.as_deref(), Some(digest), reason);
                 None
             }
         }
     }
 
-    async fn try_load(&self, file: &Path) -> Result<LoadOutcome, LoadFailure> {
-        let bytes = tokio::fs::read(file)
-            .await
-            .map_err(|e| (None, format!("cannot read: {e}")))?;
-        let digest = hex(&Sha256::digest(&bytes));
+    /// Logs, counts and keeps (for `/admin/plugins`) why `file` was not loaded.
+    fn reject(&self, file: &Path, plugin: Option<&str>, digest: Option<String>, reason: String) {
+        tracing::error!(file = %file.display(), "plugin rejected: {reason}");
+        self.metrics
+            .counter(
+                metrics::PLUGIN_RELOADS,
+                &[
+                    ("plugin", plugin.unwrap_or("unknown")),
+                    ("outcome", "rejected"),
+                ],
+            )
+            .inc();
+        let rejected = Rejected {
+            file: file.display().to_string(),
+            reason,
+            at_ms: unix_ms(SystemTime::now()),
+            digest,
+        };
+        self.rejected.lock().insert(file.to_owned(), rejected);
+    }
+
+    async fn try_load(
+        &self,
+        file: &Path,
+        bytes: Vec<u8>,
+        digest: String,
+    ) -> Result<LoadOutcome, LoadFailure> {
         let owner = self.slot_of_file(file);
         if let Some(slot) = &owner {
             let name = slot.name();

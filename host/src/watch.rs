@@ -5,13 +5,15 @@
 //! the debounce time, and hidden files (`.name.wasm.tmp`) are ignored until renamed. A file
 //! caught half-written still fails validation and is rejected while the old version serves;
 //! the write that completes it triggers another load. The directory watch is re-added if the
-//! directory is removed and created again.
+//! directory is removed and created again. Only writes, creations, renames and removals count:
+//! the gateway's own reads of a file (opening it to load it) must not trigger another load.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, ModifyKind};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -39,6 +41,7 @@ pub async fn watch_plugins(dir: PathBuf, debounce: Duration, plugins: Arc<Plugin
             {
                 Signal::Lost
             }
+            Ok(event) if !changes_content(&event.kind) => return,
             Ok(event) => {
                 for path in event.paths {
                     let _ = signals.send(Signal::Changed(path));
@@ -93,6 +96,16 @@ pub async fn watch_plugins(dir: PathBuf, debounce: Duration, plugins: Arc<Plugin
                 }
             }
         }
+    }
+}
+
+/// Writes, creations, renames and removals; not opens, reads or metadata changes.
+fn changes_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(modify) => !matches!(modify, ModifyKind::Metadata(_)),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
     }
 }
 
