@@ -385,8 +385,12 @@ pub struct ReloadConfig {
     /// A new version that fails this many calls within the window is rolled back.
     pub rollback_after_failures: usize,
     pub rollback_window_ms: u64,
-    /// Compiled plugins, by content and engine (default: `.cache` in the plugin directory).
+    /// Compiled plugins, by content and engine. Default: `flux-gateway/precompiled` in the
+    /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), never the plugin directory.
     pub precompiled_dir: Option<PathBuf>,
+    /// The key that authenticates compiled plugins (HMAC-SHA256). Default: a random key kept
+    /// in the precompiled directory, readable by the gateway's user only.
+    pub precompiled_key: Option<Secret>,
 }
 
 impl Default for ReloadConfig {
@@ -397,6 +401,7 @@ impl Default for ReloadConfig {
             rollback_after_failures: 5,
             rollback_window_ms: 30_000,
             precompiled_dir: None,
+            precompiled_key: None,
         }
     }
 }
@@ -551,10 +556,14 @@ impl Config {
     }
 
     pub fn precompiled_dir(&self) -> PathBuf {
-        self.reload
-            .precompiled_dir
-            .clone()
-            .unwrap_or_else(|| self.plugin_dir.join(".cache"))
+        self.reload.precompiled_dir.clone().unwrap_or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .filter(|dir| !dir.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("flux-gateway/precompiled")
+        })
     }
 
     pub fn dedupe_window(&self) -> Duration {

@@ -57,7 +57,7 @@ use crate::dispatch::Dispatcher;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::pipeline::PipelineConfig;
-use crate::plugin::PluginRuntime;
+use crate::plugin::{PluginRuntime, PrecompiledCache};
 use crate::plugins::{BreakerConfig, PluginSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,8 @@ pub enum RunError {
     Runtime(String),
     #[error("cannot read the plugin directory {dir}: {source}")]
     PluginDir { dir: String, source: std::io::Error },
+    #[error("cannot open the precompiled plugin directory {dir}: {source}")]
+    Precompiled { dir: String, source: std::io::Error },
     #[error("cannot create the Kafka bus: {0}")]
     Bus(String),
     #[error("invalid [auth] configuration: {0}")]
@@ -105,10 +107,18 @@ pub async fn run(
         );
     }
     let cache = Arc::new(SnapshotCache::new(config.cache.max_entries));
+    let precompiled = PrecompiledCache::open(
+        config.precompiled_dir(),
+        config.reload.precompiled_key.as_ref(),
+    )
+    .map_err(|source| RunError::Precompiled {
+        dir: config.precompiled_dir().display().to_string(),
+        source,
+    })?;
     let runtime = Arc::new(
         PluginRuntime::new(
             config.policies(),
-            Some(config.precompiled_dir()),
+            Some(precompiled),
             cache.clone(),
             metrics.clone(),
         )

@@ -21,6 +21,7 @@ pub const PLUGIN_ERRORS: &str = "flux_plugin_errors_total";
 pub const PLUGIN_CALL_SECONDS: &str = "flux_plugin_call_seconds";
 pub const PLUGIN_COMPILES: &str = "flux_plugin_compiles_total";
 pub const PLUGIN_RELOADS: &str = "flux_plugin_reloads_total";
+pub const PRECOMPILED_REFUSED: &str = "flux_precompiled_refused_total";
 pub const PLUGIN_INSTANCES_REPLACED: &str = "flux_plugin_instances_replaced_total";
 pub const ROOM_EMITS: &str = "flux_room_emits_total";
 pub const HYDRATIONS: &str = "flux_hydrations_total";

@@ -12,7 +12,8 @@ use flux_gateway::dispatch::{Dispatcher, Origin};
 use flux_gateway::metrics::{self, Metrics};
 use flux_gateway::pipeline::PipelineConfig;
 use flux_gateway::plugin::{
-    Action, CallFailure, ClientRequest, LoadError, PluginHandle, PluginRuntime, WitRecord,
+    Action, CallFailure, ClientRequest, LoadError, PluginHandle, PluginRuntime, PrecompiledCache,
+    WitRecord,
 };
 use flux_gateway::plugins::{BreakerConfig, PluginSet};
 use flux_tests::wasm;
@@ -358,29 +359,32 @@ async fn quotas_are_enforced_per_plugin_and_counted_for_that_plugin_only() {
     crypto_still_serves(&crypto).await;
 }
 
+/// A gateway's runtime with its precompiled cache in `dir`, and its metrics.
+fn runtime_with_cache(dir: &std::path::Path) -> (PluginRuntime, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let precompiled = PrecompiledCache::open(dir.to_owned(), None).unwrap();
+    let runtime = PluginRuntime::new(
+        Policies::default(),
+        Some(precompiled),
+        Arc::new(SnapshotCache::new(10)),
+        metrics.clone(),
+    )
+    .unwrap();
+    (runtime, metrics)
+}
+
+fn compiles(metrics: &Metrics, source: &str) -> u64 {
+    metrics
+        .counter(metrics::PLUGIN_COMPILES, &[("source", source)])
+        .get()
+}
+
 #[test]
 fn a_restart_loads_precompiled_plugins_instead_of_compiling() {
     let dir = std::env::temp_dir().join(format!("flux-precompiled-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let start = || {
-        let metrics = Arc::new(Metrics::default());
-        let cache = Arc::new(SnapshotCache::new(10));
-        let runtime = PluginRuntime::new(
-            Policies::default(),
-            Some(dir.clone()),
-            cache,
-            metrics.clone(),
-        )
-        .unwrap();
-        (runtime, metrics)
-    };
-    let compiles = |metrics: &Metrics, source| {
-        metrics
-            .counter(metrics::PLUGIN_COMPILES, &[("source", source)])
-            .get()
-    };
 
-    let (first, metrics) = start();
+    let (first, metrics) = runtime_with_cache(&dir);
     first.load(&wasm("flux_crypto")).unwrap();
     assert_eq!(
         (compiles(&metrics, "compiled"), compiles(&metrics, "cache")),
@@ -388,7 +392,7 @@ fn a_restart_loads_precompiled_plugins_instead_of_compiling() {
     );
     drop(first);
 
-    let (second, metrics) = start();
+    let (second, metrics) = runtime_with_cache(&dir);
     let crypto = second.load(&wasm("flux_crypto")).unwrap();
     assert_eq!(
         (compiles(&metrics, "compiled"), compiles(&metrics, "cache")),
@@ -398,6 +402,45 @@ fn a_restart_loads_precompiled_plugins_instead_of_compiling() {
     assert_eq!(crypto.manifest.name, "crypto");
     second.load(&wasm("flux_news")).unwrap();
     assert_eq!(compiles(&metrics, "compiled"), 1, "new bytes are compiled");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tampered_or_foreign_precompiled_artifact_is_never_loaded() {
+    let dir = std::env::temp_dir().join(format!("flux-tampered-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (first, _) = runtime_with_cache(&dir);
+    first.load(&wasm("flux_crypto")).unwrap();
+    drop(first);
+    let artifact = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+        .expect("an artifact was kept");
+    let genuine = std::fs::read(&artifact).unwrap();
+
+    // One flipped bit in the code.
+    let mut tampered = genuine.clone();
+    let middle = tampered.len() / 2;
+    tampered[middle] ^= 0x01;
+    std::fs::write(&artifact, &tampered).unwrap();
+    let (second, metrics) = runtime_with_cache(&dir);
+    second.load(&wasm("flux_crypto")).unwrap();
+    assert_eq!(
+        (compiles(&metrics, "compiled"), compiles(&metrics, "cache")),
+        (1, 0),
+        "compiled again instead"
+    );
+    assert_eq!(metrics.counter(metrics::PRECOMPILED_REFUSED, &[]).get(), 1);
+    drop(second);
+
+    // The genuine artifact, but another host's key: as untrusted as a crafted one.
+    std::fs::write(&artifact, &genuine).unwrap();
+    std::fs::write(dir.join("artifact.key"), [7u8; 32]).unwrap();
+    let (third, metrics) = runtime_with_cache(&dir);
+    third.load(&wasm("flux_crypto")).unwrap();
+    assert_eq!(compiles(&metrics, "compiled"), 1);
+    assert_eq!(metrics.counter(metrics::PRECOMPILED_REFUSED, &[]).get(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

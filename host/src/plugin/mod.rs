@@ -3,11 +3,13 @@
 //! [`runtime`] compiles and runs them under limits; [`Manifest`] is a plugin's validated
 //! `describe()` — the authority against which every action it returns is checked.
 
+pub mod precompiled;
 pub mod runtime;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+pub use precompiled::PrecompiledCache;
 pub use runtime::{
     CallFailure, LoadError, PluginHandle, PluginInstance, PluginRuntime, RecordOutcome,
 };

@@ -7,13 +7,10 @@
 //! the other plugins never notice. Guest code only ever runs on the workers, never on the async
 //! runtime's threads.
 
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
@@ -22,6 +19,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::flux::gateway::caller::Principal as WitPrincipal;
 use super::bindings::flux::gateway::host::LogLevel;
 use super::bindings::{Plugin, PluginPre};
+use super::precompiled::{Cached, PrecompiledCache};
 use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord};
 use crate::auth::Principal;
 use crate::cache::SnapshotCache;
@@ -88,9 +86,9 @@ pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<GuestState>,
     policies: Policies,
-    /// Where compiled components are kept, keyed by content and engine: a restart or a
+    /// Compiled components, keyed by content and engine and authenticated: a restart or a
     /// reload of bytes seen before does not compile again.
-    precompiled: Option<PathBuf>,
+    precompiled: Option<PrecompiledCache>,
     cache: Arc<SnapshotCache>,
     metrics: Arc<Metrics>,
     ticker_stop: Arc<AtomicBool>,
@@ -105,7 +103,7 @@ impl Drop for PluginRuntime {
 impl PluginRuntime {
     pub fn new(
         policies: Policies,
-        precompiled: Option<PathBuf>,
+        precompiled: Option<PrecompiledCache>,
         cache: Arc<SnapshotCache>,
         metrics: Arc<Metrics>,
     ) -> wasmtime::Result<Self> {
@@ -226,33 +224,22 @@ impl PluginRuntime {
     }
 
     /// Compiles `wasm`, or loads what an earlier compilation of the same bytes by a compatible
-    /// engine left in the precompiled cache.
+    /// engine left in the precompiled cache (once it has authenticated it).
     fn compile(&self, wasm: &[u8]) -> Result<Component, LoadError> {
-        let cached = self.precompiled.as_ref().map(|dir| {
-            let mut engine = std::collections::hash_map::DefaultHasher::new();
-            self.engine
-                .precompile_compatibility_hash()
-                .hash(&mut engine);
-            let digest: String = Sha256::digest(wasm)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect();
-            dir.join(format!("{digest}-{:016x}.cwasm", engine.finish()))
-        });
-        if let Some(path) = &cached
-            && path.exists()
-        {
-            // SAFETY: only this runtime writes this directory, with artifacts it serialized
-            // itself for this engine configuration; it is as trusted as the plugin directory.
-            match unsafe { Component::deserialize_file(&self.engine, path) } {
-                Ok(component) => {
+        if let Some(precompiled) = &self.precompiled {
+            match precompiled.load(&self.engine, wasm) {
+                Cached::Hit(component) => {
                     self.metrics
                         .counter(metrics::PLUGIN_COMPILES, &[("source", "cache")])
                         .inc();
                     return Ok(component);
                 }
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), "ignoring an unusable precompiled plugin: {e:#}")
+                Cached::Miss => {}
+                Cached::Refused(why) => {
+                    self.metrics
+                        .counter(metrics::PRECOMPILED_REFUSED, &[])
+                        .inc();
+                    tracing::warn!("not loading a precompiled plugin, compiling instead: {why}");
                 }
             }
         }
@@ -261,10 +248,10 @@ impl PluginRuntime {
         self.metrics
             .counter(metrics::PLUGIN_COMPILES, &[("source", "compiled")])
             .inc();
-        if let Some(path) = &cached
-            && let Err(e) = store_precompiled(&component, path)
+        if let Some(precompiled) = &self.precompiled
+            && let Err(e) = precompiled.store(&self.engine, wasm, &component)
         {
-            tracing::warn!(path = %path.display(), "cannot keep the precompiled plugin: {e}");
+            tracing::warn!("cannot keep the precompiled plugin: {e}");
         }
         Ok(component)
     }
@@ -291,17 +278,6 @@ impl PluginRuntime {
         }
         Ok(())
     }
-}
-
-/// Writes then renames: a concurrent reader never sees half an artifact.
-fn store_precompiled(component: &Component, path: &Path) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(std::io::Error::other)?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes)?;
-    std::fs::rename(&partial, path)
 }
 
 /// Cargo's rule: same major, or for `0.x` the same minor.
