@@ -250,8 +250,14 @@ pub struct SocketConfig {
     pub ping_timeout_ms: u64,
     /// Packets buffered per socket before emits to it fail (a slow client).
     pub max_buffer: usize,
-    /// Largest incoming payload.
+    /// Largest incoming message on either transport: a long-polling body, a websocket
+    /// message or frame, and the binary attachments of one event together. A client that
+    /// sends more is disconnected.
     pub max_payload_bytes: u64,
+    /// Most binary attachments one event may carry (the contract uses none).
+    pub max_binary_attachments: usize,
+    /// How long the attachments of one event may take to arrive, in milliseconds.
+    pub attachment_timeout_ms: u64,
     /// Websocket read buffer per connection, allocated up front (socketioxide's default is
     /// 4 KB). Client messages are small; a larger one still arrives whole, in more reads.
     pub ws_read_buffer_bytes: usize,
@@ -269,6 +275,8 @@ impl Default for SocketConfig {
             ping_timeout_ms: 20_000,
             max_buffer: 256,
             max_payload_bytes: 64 * 1024,
+            max_binary_attachments: 4,
+            attachment_timeout_ms: 5_000,
             ws_read_buffer_bytes: 512,
             allowed_origins: None,
             cors_credentials: false,

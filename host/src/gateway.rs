@@ -144,6 +144,9 @@ impl Gateway {
         );
         let connected = self.metrics.gauge(metrics::SOCKETS_CONNECTED, &[]);
         connected.inc();
+        let metrics = self.metrics.clone();
+        let disconnects =
+            move |reason| metrics.counter(metrics::DISCONNECTS, &[("reason", reason)]);
 
         socket.on("getUserId", get_user_id);
         if self.auth.required() {
@@ -173,7 +176,9 @@ impl Gateway {
             {
                 expiry.abort();
             }
-            tracing::info!(socket = %socket.id, reason = disconnect_reason(reason), "client disconnected");
+            let reason = disconnect_reason(reason);
+            disconnects(reason).inc();
+            tracing::info!(socket = %socket.id, reason, "client disconnected");
         });
     }
 
@@ -278,11 +283,11 @@ impl Gateway {
             Some(principal) => Some(principal.subject.clone()),
             None => claimed_user.or_else(|| socket.extensions.get::<UserId>().map(|u| u.0)),
         };
-        let request = ClientRequest {
+        let request = Arc::new(ClientRequest {
             event: event.clone(),
             payload: payload.to_string(),
             user_id,
-        };
+        });
 
         let calls = handlers.iter().map(|(_, plugin)| {
             let (request, caller) = (request.clone(), principal.clone());

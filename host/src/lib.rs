@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use socketioxide::SocketIo;
+use socketioxide::{ParserConfig, SocketIo};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -148,11 +148,22 @@ pub async fn run(
         )
     };
 
+    let max_message = usize::try_from(config.socket.max_payload_bytes).unwrap_or(usize::MAX);
     let (layer, io) = SocketIo::builder()
         .ping_interval(Duration::from_millis(config.socket.ping_interval_ms))
         .ping_timeout(Duration::from_millis(config.socket.ping_timeout_ms))
         .max_buffer_size(config.socket.max_buffer)
         .max_payload(config.socket.max_payload_bytes)
+        .ws_max_message_size(max_message)
+        .ws_max_frame_size(max_message)
+        .with_parser(
+            ParserConfig::common()
+                .max_incoming_binaries(config.socket.max_binary_attachments)
+                .max_incoming_binary_buf_size(max_message)
+                .packet_completion_timeout(Duration::from_millis(
+                    config.socket.attachment_timeout_ms,
+                )),
+        )
         .ws_read_buffer_size(config.socket.ws_read_buffer_bytes)
         .build_layer();
     let dispatcher = Arc::new(Dispatcher::new(

@@ -27,6 +27,7 @@ pub const ROOM_EMITS: &str = "flux_room_emits_total";
 pub const HYDRATIONS: &str = "flux_hydrations_total";
 pub const CLIENT_EVENTS: &str = "flux_client_events_total";
 pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
+pub const DISCONNECTS: &str = "flux_disconnects_total";
 pub const AUTH_HANDSHAKES: &str = "flux_auth_handshakes_total";
 pub const AUTH_REFRESHES: &str = "flux_auth_refreshes_total";
 pub const AUTH_EXPIRED_DISCONNECTS: &str = "flux_auth_expired_disconnects_total";

@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { delhi, mumbai, nextEvent, request, sleep, startGateway } from "./harness.mjs";
+import { delhi, mumbai, nextEvent, request, sleep, startGateway, withTimeout } from "./harness.mjs";
 import { SNAPSHOT_EVENTS, UUID, assertErrorShape, assertSuccess, shapes } from "./shapes.mjs";
 
 describe("a warm gateway", () => {
@@ -145,6 +145,25 @@ describe("a warm gateway", () => {
     assert.ok(socket.connected);
     assert.match(await request(socket, "getUserId"), UUID, "still served");
     assert.equal(socket.received.filter((e) => e.event.startsWith("weather.")).length, 0, "no room joined");
+  });
+
+  test("an oversized message or too many attachments closes only the sender's connection", async () => {
+    const bystander = await open();
+    const oversized = [
+      ["a 1 MB websocket message", "x".repeat(1 << 20)],
+      ["five binary attachments", ...Array.from({ length: 5 }, () => Buffer.alloc(8))],
+      ["a 128 KB attachment", Buffer.alloc(128 << 10)],
+    ];
+    for (const [what, ...payload] of oversized) {
+      const sender = await open();
+      const closed = new Promise((done) => sender.once("disconnect", done));
+      sender.emit("userLocationUpdate", ...payload);
+      const reason = await withTimeout(closed, 5_000, `the sender of ${what} to be disconnected`);
+      assert.match(reason, /transport (close|error)/, what);
+    }
+    assert.ok(bystander.connected);
+    assert.match(await request(bystander, "getUserId"), UUID, "the others are still served");
+    assert.ok((await gateway.metric("flux_disconnects_total", 'reason="transport error"')) >= 1);
   });
 
   test("two clients at once receive the same live stream", async () => {

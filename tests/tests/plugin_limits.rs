@@ -71,11 +71,14 @@ async fn crypto_still_serves(crypto: &PluginHandle) {
         payload: "null".into(),
         user_id: None,
     };
-    let actions = tokio::time::timeout(Duration::from_secs(5), crypto.on_request(request, None))
-        .await
-        .expect("crypto answers in time")
-        .expect("crypto's call succeeds")
-        .expect("crypto accepts the request");
+    let actions = tokio::time::timeout(
+        Duration::from_secs(5),
+        crypto.on_request(Arc::new(request), None),
+    )
+    .await
+    .expect("crypto answers in time")
+    .expect("crypto's call succeeds")
+    .expect("crypto accepts the request");
     assert!(
         matches!(actions.first(), Some(Action::Reply(_))),
         "{actions:?}"

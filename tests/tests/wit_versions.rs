@@ -25,11 +25,11 @@ fn runtime() -> PluginRuntime {
 
 /// The payload of the first reply `plugin` answers `event` with, as `caller`.
 async fn first_reply(plugin: &PluginHandle, event: &str, caller: Option<Principal>) -> Value {
-    let request = ClientRequest {
+    let request = Arc::new(ClientRequest {
         event: event.into(),
         payload: "null".into(),
         user_id: caller.as_ref().map(|c| c.subject.clone()),
-    };
+    });
     let actions = tokio::time::timeout(
         Duration::from_secs(5),
         plugin.on_request(request, caller.map(Arc::new)),

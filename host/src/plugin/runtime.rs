@@ -317,7 +317,7 @@ enum Job {
         oneshot::Sender<Result<Vec<RecordOutcome>, CallFailure>>,
     ),
     Request(
-        ClientRequest,
+        Arc<ClientRequest>,
         Option<Arc<Principal>>,
         oneshot::Sender<Result<Result<Vec<Action>, RequestError>, CallFailure>>,
     ),
@@ -333,10 +333,11 @@ impl PluginHandle {
     }
 
     /// Answers a client request; `caller` is who asks (what the guest's
-    /// `caller.current()` returns during the call).
+    /// `caller.current()` returns during the call). Shared: an event several plugins handle
+    /// is not copied for each.
     pub async fn on_request(
         &self,
-        request: ClientRequest,
+        request: Arc<ClientRequest>,
         caller: Option<Arc<Principal>>,
     ) -> Result<Result<Vec<Action>, RequestError>, CallFailure> {
         self.ask(|reply| Job::Request(request, caller, reply)).await
