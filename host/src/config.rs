@@ -254,6 +254,18 @@ pub struct SocketConfig {
     /// message or frame, and the binary attachments of one event together. A client that
     /// sends more is disconnected.
     pub max_payload_bytes: u64,
+    /// Events one socket may send per second (a token bucket); 0: no limit.
+    pub events_per_sec: u32,
+    /// Events one socket may send at once before its rate applies.
+    pub event_burst: u32,
+    /// Refused events within 10 seconds after which the socket is disconnected.
+    pub refused_events_before_disconnect: u32,
+    /// Open sockets per client address; 0: no limit (NAT and proxies put many users behind
+    /// one address).
+    pub max_connections_per_address: usize,
+    /// Behind a proxy: the header whose last entry is the client's address (e.g.
+    /// `x-forwarded-for`). Trust it only when the proxy sets it.
+    pub client_address_header: Option<String>,
     /// Most binary attachments one event may carry (the contract uses none).
     pub max_binary_attachments: usize,
     /// How long the attachments of one event may take to arrive, in milliseconds.
@@ -275,6 +287,11 @@ impl Default for SocketConfig {
             ping_timeout_ms: 20_000,
             max_buffer: 256,
             max_payload_bytes: 64 * 1024,
+            events_per_sec: 20,
+            event_burst: 40,
+            refused_events_before_disconnect: 50,
+            max_connections_per_address: 0,
+            client_address_header: None,
             max_binary_attachments: 4,
             attachment_timeout_ms: 5_000,
             ws_read_buffer_bytes: 512,

@@ -20,10 +20,12 @@ use tokio::task::AbortHandle;
 
 use crate::auth::{AuthRefusal, Authenticator, Principal};
 use crate::bus::Bus;
+use crate::config::SocketConfig;
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::metrics::{self, Metrics};
 use crate::plugin::{CallFailure, ClientRequest, RequestError};
 use crate::plugins::PluginSet;
+use crate::throttle::{AddressFull, AddressLimits, AddressSlot, EventBudget, Verdict};
 
 /// How long a client request may wait for its plugins before the client gets an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -57,6 +59,18 @@ pub struct Gateway {
     pub auth: Arc<Authenticator>,
     /// Per plugin name: the scope a socket's principal needs for the plugin to be called.
     pub required_scopes: BTreeMap<String, String>,
+    pub address_limits: Option<Arc<AddressLimits>>,
+    /// Per-socket limits (event rate).
+    pub socket_config: SocketConfig,
+}
+
+/// Why a handshake was refused: the client's `connect_error` message.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeRefusal {
+    #[error(transparent)]
+    Auth(#[from] AuthRefusal),
+    #[error(transparent)]
+    AddressFull(#[from] AddressFull),
 }
 
 impl Gateway {
@@ -78,7 +92,21 @@ impl Gateway {
         self: Arc<Self>,
         socket: SocketRef,
         auth: Option<Value>,
-    ) -> Result<(), AuthRefusal> {
+    ) -> Result<(), HandshakeRefusal> {
+        if let Some(limits) = &self.address_limits {
+            match limits.acquire(socket.req_parts()) {
+                Ok(Some(slot)) => {
+                    socket.extensions.insert(Arc::new(slot));
+                }
+                Ok(None) => {}
+                Err(full) => {
+                    self.metrics
+                        .counter(metrics::HANDSHAKES_REFUSED_ADDRESS, &[])
+                        .inc();
+                    return Err(full.into());
+                }
+            }
+        }
         if self.auth.required() {
             let token = handshake_token(auth.as_ref(), &socket.req_parts().headers);
             let principal = self.auth.authenticate(token).await.inspect_err(|refusal| {
@@ -148,14 +176,29 @@ impl Gateway {
         let disconnects =
             move |reason| metrics.counter(metrics::DISCONNECTS, &[("reason", reason)]);
 
-        socket.on("getUserId", get_user_id);
+        if let Some(budget) = EventBudget::new(&self.socket_config) {
+            socket.extensions.insert(Arc::new(budget));
+        }
+        let gateway = self.clone();
+        socket.on("getUserId", move |socket: SocketRef, ack: AckSender| {
+            let gateway = gateway.clone();
+            async move {
+                if let Some(ack) = gateway.within_budget(&socket, ack) {
+                    get_user_id(socket, ack);
+                }
+            }
+        });
         if self.auth.required() {
             let gateway = self.clone();
             socket.on(
                 "refreshToken",
                 move |socket: SocketRef, TryData(token): TryData<Value>, ack: AckSender| {
                     let gateway = gateway.clone();
-                    async move { gateway.refresh_token(socket, token.ok(), ack).await }
+                    async move {
+                        if let Some(ack) = gateway.within_budget(&socket, ack) {
+                            gateway.refresh_token(socket, token.ok(), ack).await;
+                        }
+                    }
                 },
             );
         }
@@ -166,7 +209,11 @@ impl Gateway {
                   TryData(args): TryData<Arguments>,
                   ack: AckSender| {
                 let gateway = gateway.clone();
-                async move { gateway.on_client_event(socket, event, args.ok(), ack).await }
+                async move {
+                    if let Some(ack) = gateway.within_budget(&socket, ack) {
+                        gateway.on_client_event(socket, event, args.ok(), ack).await;
+                    }
+                }
             },
         );
         socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
@@ -176,10 +223,34 @@ impl Gateway {
             {
                 expiry.abort();
             }
+            socket.extensions.remove::<Arc<AddressSlot>>();
             let reason = disconnect_reason(reason);
             disconnects(reason).inc();
             tracing::info!(socket = %socket.id, reason, "client disconnected");
         });
+    }
+
+    /// Spends one event of the socket's budget. Over it, the event is answered with an error
+    /// (`None`: not to be processed), and a socket that keeps going is disconnected.
+    fn within_budget(&self, socket: &SocketRef, ack: AckSender) -> Option<AckSender> {
+        let Some(budget) = socket.extensions.get::<Arc<EventBudget>>() else {
+            return Some(ack);
+        };
+        match budget.check() {
+            Verdict::Allowed => Some(ack),
+            Verdict::Refused => {
+                self.metrics.counter(metrics::EVENTS_REFUSED, &[]).inc();
+                answer_error(socket, ack, "too many events: slow down");
+                None
+            }
+            Verdict::Abusive => {
+                self.metrics.counter(metrics::ABUSE_DISCONNECTS, &[]).inc();
+                tracing::info!(socket = %socket.id, "too many events: disconnecting");
+                answer_error(socket, ack, "too many events: disconnected");
+                let _ = socket.clone().disconnect();
+                None
+            }
+        }
     }
 
     /// `refreshToken`: a fresh token for the same user extends the socket's session.
@@ -369,7 +440,7 @@ fn handshake_token<'a>(
 
 /// `getUserId`: the authenticated subject, else a server-generated UUID stable for the
 /// socket's lifetime; as the ack and as a `userUniqueId` event.
-async fn get_user_id(socket: SocketRef, ack: AckSender) {
+fn get_user_id(socket: SocketRef, ack: AckSender) {
     let session = socket.extensions.get::<Arc<Session>>();
     let id = match (session, socket.extensions.get::<UserId>()) {
         (Some(session), _) => session.principal().subject.clone(),

@@ -21,6 +21,7 @@
 //! - [`http`]: the public probes and demo page; the admin listener's `/metrics` and `/admin/*`.
 //! - [`metrics`]: the Prometheus registry and metric names.
 //! - [`sim`]: simulated upstream services for the demo run (off by default).
+//! - [`throttle`]: per-socket event rates and per-address connection caps.
 
 pub mod auth;
 pub mod bus;
@@ -35,6 +36,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod plugins;
 pub mod sim;
+pub mod throttle;
 pub mod watch;
 
 use std::future::Future;
@@ -223,6 +225,8 @@ pub async fn run(
         bus,
         auth,
         required_scopes,
+        address_limits: throttle::AddressLimits::new(&config.socket),
+        socket_config: config.socket.clone(),
     });
     gateway.attach(&io);
     let origins = OriginPolicy::new(config.socket.allowed_origins.as_deref());

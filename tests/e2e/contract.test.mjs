@@ -4,7 +4,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { delhi, mumbai, nextEvent, request, sleep, startGateway, withTimeout } from "./harness.mjs";
+import { connect, connectError, delhi, eventually, mumbai, nextEvent, request, sleep, startGateway, withTimeout } from "./harness.mjs";
 import { SNAPSHOT_EVENTS, UUID, assertErrorShape, assertSuccess, shapes } from "./shapes.mjs";
 
 describe("a warm gateway", () => {
@@ -245,5 +245,64 @@ describe("a cold gateway", () => {
     const socket = await open();
     for (let i = 0; i < 3; i++) shapes.stockTopPerformersResponse(await request(socket, "stockTopPerformersRequest"));
     assert.equal(await refreshes(), 1, "requests are served from cache only");
+  });
+});
+
+describe("limits on the edge", () => {
+  let gateway;
+  const open = () => gateway.open();
+
+  before(async () => {
+    gateway = await startGateway(
+      "[demo]\nenabled = true\n[socket]\nevents_per_sec = 5\nevent_burst = 10\nrefused_events_before_disconnect = 20\nmax_connections_per_address = 4\n",
+    );
+  });
+
+  after(async () => {
+    if (gateway) await gateway.stop();
+  });
+
+  /** Emits `count` getUserId at once; the acks, in order. */
+  const burst = (socket, count) => Promise.all(Array.from({ length: count }, () => request(socket, "getUserId")));
+
+  test("a burst over the event rate is refused with an error, and the socket stays usable", async () => {
+    const socket = await open();
+    const refusedBefore = await gateway.metric("flux_events_refused_total");
+    const acks = await burst(socket, 25);
+    const answered = acks.filter((ack) => typeof ack === "string");
+    const refused = acks.filter((ack) => ack.status === "error");
+    assert.equal(answered.length, 10, "the burst");
+    assert.equal(refused.length, 15);
+    for (const ack of refused) assert.equal(ack.message, "too many events: slow down");
+    assert.equal(await gateway.metric("flux_events_refused_total"), refusedBefore + 15);
+    await sleep(1_100);
+    assert.ok(socket.connected);
+    assert.match(await request(socket, "getUserId"), UUID, "served again once its rate allows");
+    socket.close();
+  });
+
+  test("a socket that keeps flooding is disconnected with a reason; the others are not", async () => {
+    const [flooder, bystander] = await Promise.all([open(), open()]);
+    const disconnected = new Promise((done) => flooder.once("disconnect", done));
+    for (let i = 0; i < 60; i++) flooder.emit("getUserId");
+    assert.equal(await withTimeout(disconnected, 5_000, "the flooder to be disconnected"), "io server disconnect");
+    assert.ok(flooder.received.some((e) => e.event === "error" && e.args[0].message === "too many events: disconnected"));
+    assert.ok((await gateway.metric("flux_abuse_disconnects_total")) >= 1);
+    assert.match(await request(bystander, "getUserId"), UUID);
+    bystander.close();
+  });
+
+  test("connections per address are capped; a closed one frees its place", async () => {
+    await sleep(200); // the previous tests' sockets are closed
+    const sockets = await Promise.all(Array.from({ length: 4 }, () => open()));
+    assert.equal(await connectError(gateway.url), "too many connections from this address");
+    assert.ok((await gateway.metric("flux_handshakes_refused_address_total")) >= 1);
+    sockets[0].close();
+    await eventually(async () => {
+      const socket = await connect(gateway.url).catch(() => null);
+      socket?.close();
+      return socket !== null;
+    }, { what: "a place to free up" });
+    for (const socket of sockets) socket.close();
   });
 });
