@@ -112,7 +112,7 @@ describe("a warm gateway", () => {
     assertSuccess(await nextEvent(socket, "weather.new-delhi.update"), (d) => assert.equal(d.cityKey, "new-delhi"));
   });
 
-  test("rapid duplicate location updates publish one fetch command", async () => {
+  test("location updates fetch at most once per city per window, and not while its weather is fresh", async () => {
     const fetches = () => gateway.metric("flux_bus_published_total", 'topic="weather.service.command.fetch"');
     const socket = await open();
     const before = await fetches();
@@ -120,10 +120,30 @@ describe("a warm gateway", () => {
     await Promise.all(Array.from({ length: 5 }, () => request(socket, "userLocationUpdate", pune, "user-pune")));
     assert.equal(await fetches(), before + 1, "five duplicates, one command");
     assert.ok((await gateway.metric("flux_publish_deduplicated_total", 'topic="weather.service.command.fetch"')) >= 4);
-    await request(socket, "userLocationUpdate", { ...pune, lat: "18.60" }, "user-pune");
-    assert.equal(await fetches(), before + 2, "a new location is not a duplicate");
-    await request(socket, "userLocationUpdate", pune, "another-user");
-    assert.equal(await fetches(), before + 3, "another user is not a duplicate");
+    await request(socket, "userLocationUpdate", { ...pune, lat: "18.60" }, "another-user");
+    assert.equal(await fetches(), before + 1, "another user in the same city: the same flight");
+    await request(socket, "userLocationUpdate", { ...pune, city: "Nagpur" }, "user-pune");
+    assert.equal(await fetches(), before + 2, "another city is another flight");
+    await nextEvent(socket, "weather.pune.update");
+    await sleep(2_100); // past the dedupe window
+    await request(socket, "userLocationUpdate", pune, "late-user");
+    assert.equal(await fetches(), before + 2, "fresh weather is answered from the cache");
+  });
+
+  test("1,000 clients in one city: one fetch command", { timeout: 120_000 }, async () => {
+    const fetches = () => gateway.metric("flux_bus_published_total", 'topic="weather.service.command.fetch"');
+    const before = await fetches();
+    const crowd = [];
+    for (let batch = 0; batch < 10; batch++) crowd.push(...(await Promise.all(Array.from({ length: 100 }, () => connect(gateway.url)))));
+    try {
+      const kolkata = { city: "Kolkata", region: "West Bengal", country: "IN", lat: "22.57", lon: "88.36" };
+      const acks = await Promise.all(crowd.map((socket, i) => request(socket, "userLocationUpdate", kolkata, `crowd-${i}`)));
+      assert.ok(acks.every((ack) => ack.status === "success"));
+      assert.equal(await fetches(), before + 1, "one command for the whole city");
+      await Promise.all(crowd.slice(0, 50).map((socket) => nextEvent(socket, "weather.kolkata.update", { timeout: 10_000 })));
+    } finally {
+      for (const socket of crowd) socket.close();
+    }
   });
 
   test("malformed payloads are answered with an error and the connection stays up", async () => {

@@ -205,6 +205,16 @@ pub fn cache_for_room(key: &str, room: &str, event: &str, payload: String) -> Ac
     })
 }
 
+/// Cache `payload` under `key` for the plugin's own reads (`cache_get`); no room is hydrated
+/// from it.
+pub fn cache_put(key: &str, payload: String) -> Action {
+    Action::CachePut(CachePut {
+        key: key.to_owned(),
+        payload,
+        hydrate: None,
+    })
+}
+
 /// A room's new state: cached under `key` (so a socket joining `room` is hydrated with it)
 /// and pushed live to the room, as `event`.
 pub fn snapshot(key: &str, room: &str, event: &str, payload: String) -> Vec<Action> {

@@ -3,10 +3,14 @@
 //! City names become room names by [`city_key`]: lowercase, every run of characters other than
 //! letters and digits turned into one `-`, trimmed (`"New Delhi"` → `new-delhi`, room
 //! `weather.new-delhi`, event `weather.new-delhi.update`).
+//!
+//! Fetches are single-flight per city: however many users in a city move, the weather service
+//! gets at most one fetch command per city per dedupe window, and none while the city's weather
+//! is fresh (updated within the last minute; a joining socket is hydrated from the cache).
 
 use flux_plugin_sdk::{
-    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, join, parse,
-    publish_once, snapshot, success,
+    Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_get,
+    cache_put, join, parse, publish_once, snapshot, success,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -14,6 +18,9 @@ use serde_json::{Map, Value, json};
 const FETCH_TOPIC: &str = "weather.service.command.fetch";
 const UPDATED_TOPIC: &str = "weather.service.event.updated";
 const CACHE_TTL_MS: u64 = 10 * 60 * 1000;
+/// Cached weather younger than this is answered from the cache, without a fetch.
+const FRESH_FOR_MS: u64 = 60 * 1000;
+const FRESH_PREFIX: &str = "weather.fresh.";
 const MAX_CITY_CHARS: usize = 64;
 
 /// The plugin (public so that the benchmarks can run its mapping natively; see `plugin!`).
@@ -27,6 +34,7 @@ impl Plugin for Weather {
             .rooms(&["weather.*"])
             .publishes(&[FETCH_TOPIC])
             .cache("weather.", CACHE_TTL_MS)
+            .cache(FRESH_PREFIX, FRESH_FOR_MS)
             .build()
     }
 
@@ -42,7 +50,9 @@ impl Plugin for Weather {
         let room = format!("weather.{key}");
         let event = format!("{room}.update");
         let payload = success(&data);
-        Ok(snapshot(&room, &room, &event, payload))
+        let mut actions = snapshot(&room, &room, &event, payload);
+        actions.push(cache_put(&format!("{FRESH_PREFIX}{key}"), "true".into()));
+        Ok(actions)
     }
 
     fn on_request(request: &ClientRequest) -> Result<Vec<Action>, RequestError> {
@@ -55,7 +65,10 @@ impl Plugin for Weather {
         })?;
         let lat = coordinate(location.lat.as_ref(), 90.0, "lat")?;
         let lon = coordinate(location.lon.as_ref(), 180.0, "lon")?;
-        let user = request.user_id.as_deref().unwrap_or("anonymous");
+        let room = format!("weather.{key}");
+        if cache_get(&format!("{FRESH_PREFIX}{key}")).is_some() {
+            return Ok(vec![join(&room)]);
+        }
         let command = json!({
             "city": location.city.trim(),
             "cityKey": key,
@@ -65,10 +78,14 @@ impl Plugin for Weather {
             "lon": lon,
             "userId": request.user_id,
         });
-        let dedupe = format!("{user}|{key}|{}|{}", fmt_coord(lat), fmt_coord(lon));
         Ok(vec![
-            join(&format!("weather.{key}")),
-            publish_once(FETCH_TOPIC, Some(&key), command.to_string(), dedupe),
+            join(&room),
+            publish_once(
+                FETCH_TOPIC,
+                Some(&key),
+                command.to_string(),
+                format!("city|{key}"),
+            ),
         ])
     }
 }
@@ -115,11 +132,6 @@ fn coordinate(value: Option<&Value>, bound: f64, name: &str) -> Result<Option<f6
             "{name} must be a number between -{bound} and {bound}"
         ))),
     }
-}
-
-/// Two decimals (~1 km): a location that only jitters is still a duplicate.
-fn fmt_coord(value: Option<f64>) -> String {
-    value.map(|v| format!("{v:.2}")).unwrap_or_default()
 }
 
 #[cfg(test)]
