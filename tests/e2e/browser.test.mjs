@@ -5,12 +5,13 @@
 // Plus the CORS answers themselves, checked with plain fetch.
 
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { readFileSync, mkdirSync } from "node:fs";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
-import { connect, connectError, root, startGateway, withTimeout } from "./harness.mjs";
+import { connect, connectError, gatewayBin, root, startGateway, withTimeout } from "./harness.mjs";
 import { UUID } from "./shapes.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
@@ -281,5 +282,81 @@ describe("the demo page in headless Chromium", () => {
     socket.close();
     const message = await connectError(gateway.url, { extraHeaders: { Origin: foreign.origin } });
     assert.match(message, /websocket error/);
+  });
+});
+
+describe("a gateway that requires tokens, in headless Chromium", () => {
+  const SECRET = "browser-test-secret";
+  let gateway, pages, browser;
+  /** A token from the gateway's own development helper (`flux-gateway token`). */
+  const mint = (...args) =>
+    execFileSync(gatewayBin, ["token", ...args], { env: { ...process.env, FLUX_AUTH_HS256_SECRET: SECRET }, encoding: "utf8" }).trim();
+  const pageFor = (token) => `${pages.origin}/?gateway=${encodeURIComponent(gateway.url)}&token=${encodeURIComponent(token)}`;
+
+  before(async () => {
+    pages = await startPageServer();
+    gateway = await startGateway(
+      "[demo]\nenabled = true\nticker_every_ms = 100\nsnapshot_every_ms = 500\nanswer_after_ms = 20\n" +
+        `[socket]\nallowed_origins = [${JSON.stringify(pages.origin)}]\n` +
+        `[auth]\nmode = "jwt"\nhs256_secret = "${SECRET}"\nleeway_secs = 0\n[plugins.stocks]\nrequired_scope = "stocks"\n`,
+    );
+    browser = await withTimeout(chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true }), 30_000, "Chromium to start");
+  });
+
+  after(async () => {
+    await browser?.close();
+    await gateway?.stop();
+    await pages?.stop();
+  });
+
+  test("a token with the stocks scope: the page is the token's user and gets every answer", { timeout: 60_000 }, async () => {
+    const handle = await openPage(browser, pageFor(mint("--sub", "alice", "--scope", "stocks")));
+    try {
+      await until(handle, "alice as the user", () => document.getElementById("user-id").textContent.trim() === "alice");
+      await until(handle, "the upgrade to websocket", () => window.flux.socket.io.engine.transport.name === "websocket");
+      await until(handle, "Delhi's weather", () => document.getElementById("weather").dataset.cityKey === "delhi");
+      for (const request of REQUESTS) {
+        await until(handle, `${request} to succeed`, (id) => document.getElementById(id).dataset.state === "success", `state-${request}`);
+      }
+    } finally {
+      await handle.close();
+    }
+  });
+
+  test("a token without the scope: the stock request is refused, the rest is served", { timeout: 60_000 }, async () => {
+    const handle = await openPage(browser, pageFor(mint("--sub", "bob")));
+    try {
+      await until(handle, "bob as the user", () => document.getElementById("user-id").textContent.trim() === "bob");
+      await until(handle, "the stock request to be refused", () => document.getElementById("state-stockTopPerformersRequest").dataset.state === "error");
+      for (const request of REQUESTS.filter((r) => r !== "stockTopPerformersRequest")) {
+        await until(handle, `${request} to succeed`, (id) => document.getElementById(id).dataset.state === "success", `state-${request}`);
+      }
+      assert.match(await text(handle, "errors"), /requires the "stocks" scope/);
+      assert.equal(
+        await handle.page.evaluate(() => document.querySelectorAll("#stock-performers tr td:not(.empty)").length),
+        0,
+        "no stock snapshot reached the page",
+      );
+    } finally {
+      await handle.close();
+    }
+  });
+
+  test("a bad token is refused with its reason, and the page never connects", { timeout: 60_000 }, async () => {
+    const expired = mint("--sub", "carol", "--ttl-secs", "0");
+    await new Promise((done) => setTimeout(done, 1_100)); // exp is in whole seconds
+    for (const [token, reason] of [
+      ["not-a-token", "malformed token"],
+      [expired, "token expired"],
+    ]) {
+      const handle = await openPage(browser, pageFor(token));
+      try {
+        await until(handle, `the refusal (${reason})`, () => document.getElementById("status").dataset.state === "error");
+        assert.match(await text(handle, "status"), new RegExp(`connect error: ${reason}`));
+        assert.equal(await text(handle, "user-id"), "");
+      } finally {
+        await handle.close();
+      }
+    }
   });
 });
