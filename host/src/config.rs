@@ -260,6 +260,10 @@ pub struct SocketConfig {
     pub event_burst: u32,
     /// Refused events within 10 seconds after which the socket is disconnected.
     pub refused_events_before_disconnect: u32,
+    /// Upstream commands (publishes) one socket's requests may cause per second; 0: no limit.
+    pub commands_per_sec: u32,
+    /// Commands one socket may cause at once before its rate applies.
+    pub command_burst: u32,
     /// Open sockets per client address; 0: no limit (NAT and proxies put many users behind
     /// one address).
     pub max_connections_per_address: usize,
@@ -290,6 +294,8 @@ impl Default for SocketConfig {
             events_per_sec: 20,
             event_burst: 40,
             refused_events_before_disconnect: 50,
+            commands_per_sec: 1,
+            command_burst: 5,
             max_connections_per_address: 0,
             client_address_header: None,
             max_binary_attachments: 4,

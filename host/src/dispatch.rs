@@ -21,6 +21,7 @@ use crate::bus::{Bus, BusRecord, PublishError};
 use crate::cache::{Entry, Hydration, SnapshotCache};
 use crate::metrics::{self, Metrics};
 use crate::plugin::{Action, PluginHandle};
+use crate::throttle::CommandBudget;
 
 const ROOM_GATE_STRIPES: usize = 256;
 
@@ -39,6 +40,13 @@ pub enum ActionRefused {
     InvalidJson(&'static str),
     #[error("over quota: {0}")]
     Quota(String),
+    /// A publish over the plugin's publish rate.
+    #[error("publish refused: {0}")]
+    PublishQuota(String),
+    /// A publish over the requesting socket's command budget: the client's doing, not the
+    /// plugin's.
+    #[error("the requesting client caused too many commands")]
+    ClientCommands,
     #[error("publish to {topic:?} failed: {source}")]
     Publish { topic: String, source: PublishError },
 }
@@ -48,7 +56,7 @@ impl ActionRefused {
     fn kind(&self) -> &'static str {
         match self {
             Self::Publish { .. } => "publish",
-            Self::Quota(_) => "quota",
+            Self::Quota(_) | Self::PublishQuota(_) | Self::ClientCommands => "quota",
             _ => "invalid_action",
         }
     }
@@ -71,11 +79,15 @@ pub struct Applied {
     pub refused: usize,
     /// A publish failed because the broker is unreachable or its queue is full.
     pub unavailable: bool,
+    /// A publish was refused over a quota (the plugin's, or the socket's commands).
+    pub throttled: bool,
 }
 
 /// The socket whose request a plugin is answering.
 pub struct RequestContext {
     pub socket: SocketRef,
+    /// The socket's own command budget, spent by each publish its request causes.
+    pub commands: Option<Arc<CommandBudget>>,
     /// The first reply's payload: what the client's acknowledgement callback receives.
     pub first_reply: Option<Box<RawValue>>,
 }
@@ -180,6 +192,14 @@ impl Dispatcher {
                     ..
                 }
             );
+            applied.throttled |= matches!(
+                why,
+                ActionRefused::PublishQuota(_) | ActionRefused::ClientCommands
+            );
+            if matches!(why, ActionRefused::ClientCommands) {
+                self.metrics.counter(metrics::COMMANDS_REFUSED, &[]).inc();
+                continue;
+            }
             tracing::warn!(plugin = %manifest.name, version = %manifest.version, "action refused: {why}");
             self.metrics
                 .counter(
@@ -297,9 +317,16 @@ impl Dispatcher {
                         self.recent_publishes.invalidate(seen);
                     }
                 };
+                if let Origin::Request(request) = origin
+                    && let Some(commands) = &request.commands
+                    && !commands.spend()
+                {
+                    forget();
+                    return Err(ActionRefused::ClientCommands);
+                }
                 if !self.publish_allowed(&manifest.name, plugin.limits.publishes_per_sec) {
                     forget();
-                    return Err(ActionRefused::Quota(format!(
+                    return Err(ActionRefused::PublishQuota(format!(
                         "more than {} publishes per second",
                         plugin.limits.publishes_per_sec
                     )));

@@ -25,7 +25,9 @@ use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::metrics::{self, Metrics};
 use crate::plugin::{CallFailure, ClientRequest, RequestError};
 use crate::plugins::PluginSet;
-use crate::throttle::{AddressFull, AddressLimits, AddressSlot, EventBudget, Verdict};
+use crate::throttle::{
+    AddressFull, AddressLimits, AddressSlot, CommandBudget, EventBudget, Verdict,
+};
 
 /// How long a client request may wait for its plugins before the client gets an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
@@ -178,6 +180,9 @@ impl Gateway {
 
         if let Some(budget) = EventBudget::new(&self.socket_config) {
             socket.extensions.insert(Arc::new(budget));
+        }
+        if let Some(commands) = CommandBudget::new(&self.socket_config) {
+            socket.extensions.insert(Arc::new(commands));
         }
         let gateway = self.clone();
         socket.on("getUserId", move |socket: SocketRef, ack: AckSender| {
@@ -370,6 +375,7 @@ impl Gateway {
 
         let mut context = RequestContext {
             socket: socket.clone(),
+            commands: socket.extensions.get::<Arc<CommandBudget>>(),
             first_reply: None,
         };
         let mut problems = Vec::new();
@@ -384,6 +390,8 @@ impl Gateway {
                         problems.push(format!(
                             "{name} data cannot be refreshed right now; try again shortly"
                         ));
+                    } else if applied.throttled {
+                        problems.push(format!("the {name} service is busy; try again shortly"));
                     }
                 }
                 Ok(Ok(Err(RequestError::Invalid(message)))) => {

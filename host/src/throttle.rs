@@ -7,6 +7,9 @@
 //! disconnected. Addresses: at most `socket.max_connections_per_address` open sockets per
 //! client address (off by default: NAT and proxies put many users behind one address), taken
 //! from the connection, or behind a proxy from the last entry of `socket.client_address_header`.
+//! Commands: the upstream commands one socket's requests may cause (`socket.commands_per_sec`,
+//! bursts of `socket.command_burst`), so that one client cannot spend the publish budget that
+//! every user of a plugin shares.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -64,6 +67,25 @@ impl EventBudget {
         } else {
             Verdict::Abusive
         }
+    }
+}
+
+/// The upstream commands one socket's requests may still cause.
+pub struct CommandBudget(DefaultDirectRateLimiter);
+
+impl CommandBudget {
+    /// `None` when commands per socket are not limited (`commands_per_sec = 0`).
+    pub fn new(config: &SocketConfig) -> Option<Self> {
+        let rate = NonZeroU32::new(config.commands_per_sec)?;
+        let burst = NonZeroU32::new(config.command_burst).unwrap_or(rate);
+        Some(Self(RateLimiter::direct(
+            Quota::per_second(rate).allow_burst(burst),
+        )))
+    }
+
+    /// Spends one command; `false` when the socket has none left.
+    pub fn spend(&self) -> bool {
+        self.0.check().is_ok()
     }
 }
 

@@ -312,6 +312,25 @@ describe("limits on the edge", () => {
     bystander.close();
   });
 
+  test("one socket flooding distinct cities is refused past its command budget; other users still fetch", async () => {
+    const fetches = () => gateway.metric("flux_bus_published_total", 'topic="weather.service.command.fetch"');
+    const flooder = await open();
+    const before = await fetches();
+    const acks = [];
+    for (let i = 0; i < 8; i++) acks.push(await request(flooder, "userLocationUpdate", { ...delhi, city: `Floodtown ${i}` }));
+    const refused = acks.filter((ack) => ack.status === "error");
+    assert.equal(acks.filter((ack) => ack.status === "success").length, 5, "its burst of commands");
+    assert.equal(refused.length, 3, "refused, never acked success");
+    for (const ack of refused) assert.match(ack.message, /the weather service is busy; try again shortly/);
+    assert.equal(await fetches(), before + 5);
+    assert.ok((await gateway.metric("flux_commands_refused_total")) >= 3);
+    const other = await open();
+    assert.equal((await request(other, "userLocationUpdate", { ...delhi, city: "Calmville" })).status, "success");
+    assert.equal(await fetches(), before + 6, "another user's fetch is not starved");
+    flooder.close();
+    other.close();
+  });
+
   test("connections per address are capped; a closed one frees its place", async () => {
     await sleep(200); // the previous tests' sockets are closed
     const sockets = await Promise.all(Array.from({ length: 4 }, () => open()));
