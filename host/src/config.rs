@@ -260,6 +260,8 @@ pub struct SocketConfig {
     pub event_burst: u32,
     /// Refused events within 10 seconds after which the socket is disconnected.
     pub refused_events_before_disconnect: u32,
+    /// Most rooms one socket may be in; a join past it is refused.
+    pub max_rooms: usize,
     /// Upstream commands (publishes) one socket's requests may cause per second; 0: no limit.
     pub commands_per_sec: u32,
     /// Commands one socket may cause at once before its rate applies.
@@ -294,6 +296,7 @@ impl Default for SocketConfig {
             events_per_sec: 20,
             event_burst: 40,
             refused_events_before_disconnect: 50,
+            max_rooms: 16,
             commands_per_sec: 1,
             command_burst: 5,
             max_connections_per_address: 0,

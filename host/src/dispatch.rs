@@ -20,7 +20,7 @@ use socketioxide::extract::SocketRef;
 use crate::bus::{Bus, BusRecord, PublishError};
 use crate::cache::{Entry, Hydration, SnapshotCache};
 use crate::metrics::{self, Metrics};
-use crate::plugin::{Action, PluginHandle};
+use crate::plugin::{Action, PluginHandle, RoomPattern};
 use crate::throttle::CommandBudget;
 
 const ROOM_GATE_STRIPES: usize = 256;
@@ -47,6 +47,9 @@ pub enum ActionRefused {
     /// plugin's.
     #[error("the requesting client caused too many commands")]
     ClientCommands,
+    /// A join past the socket's room limit: the client's doing too.
+    #[error("the requesting client is in too many rooms")]
+    ClientRooms,
     #[error("publish to {topic:?} failed: {source}")]
     Publish { topic: String, source: PublishError },
 }
@@ -56,7 +59,9 @@ impl ActionRefused {
     fn kind(&self) -> &'static str {
         match self {
             Self::Publish { .. } => "publish",
-            Self::Quota(_) | Self::PublishQuota(_) | Self::ClientCommands => "quota",
+            Self::Quota(_) | Self::PublishQuota(_) | Self::ClientCommands | Self::ClientRooms => {
+                "quota"
+            }
             _ => "invalid_action",
         }
     }
@@ -81,6 +86,8 @@ pub struct Applied {
     pub unavailable: bool,
     /// A publish was refused over a quota (the plugin's, or the socket's commands).
     pub throttled: bool,
+    /// A join was refused: the socket is in as many rooms as it may be.
+    pub too_many_rooms: bool,
 }
 
 /// The socket whose request a plugin is answering.
@@ -88,6 +95,8 @@ pub struct RequestContext {
     pub socket: SocketRef,
     /// The socket's own command budget, spent by each publish its request causes.
     pub commands: Option<Arc<CommandBudget>>,
+    /// Most rooms the socket may be in.
+    pub max_rooms: usize,
     /// The first reply's payload: what the client's acknowledgement callback receives.
     pub first_reply: Option<Box<RawValue>>,
 }
@@ -196,9 +205,17 @@ impl Dispatcher {
                 why,
                 ActionRefused::PublishQuota(_) | ActionRefused::ClientCommands
             );
-            if matches!(why, ActionRefused::ClientCommands) {
-                self.metrics.counter(metrics::COMMANDS_REFUSED, &[]).inc();
-                continue;
+            applied.too_many_rooms |= matches!(why, ActionRefused::ClientRooms);
+            match why {
+                ActionRefused::ClientCommands => {
+                    self.metrics.counter(metrics::COMMANDS_REFUSED, &[]).inc();
+                    continue;
+                }
+                ActionRefused::ClientRooms => {
+                    self.metrics.counter(metrics::JOINS_REFUSED, &[]).inc();
+                    continue;
+                }
+                _ => {}
             }
             tracing::warn!(plugin = %manifest.name, version = %manifest.version, "action refused: {why}");
             self.metrics
@@ -246,6 +263,10 @@ impl Dispatcher {
                 };
                 if !manifest.may_use_room(&room) {
                     return Err(ActionRefused::UndeclaredRoom(room));
+                }
+                let rooms = request.socket.rooms();
+                if !rooms.iter().any(|joined| *joined == room) && rooms.len() >= request.max_rooms {
+                    return Err(ActionRefused::ClientRooms);
                 }
                 self.join_and_hydrate(&request.socket, room);
                 Ok(())
@@ -385,6 +406,36 @@ impl Dispatcher {
             tracing::debug!(room, event, "some sockets missed a room event: {e}");
         }
         self.metrics.counter(metrics::ROOM_EMITS, &[]).inc();
+    }
+
+    /// Takes `socket` out of its rooms matching `patterns` that `plugin` declared, except the
+    /// rooms `actions` join (a socket staying in a room never misses its events).
+    pub fn leave_rooms(
+        &self,
+        plugin: &PluginHandle,
+        socket: &SocketRef,
+        patterns: &[String],
+        actions: &[Action],
+    ) {
+        if patterns.is_empty() {
+            return;
+        }
+        let patterns: Vec<RoomPattern> = patterns.iter().map(|p| RoomPattern::parse(p)).collect();
+        let joining: Vec<&str> = actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Join(room) => Some(room.as_str()),
+                _ => None,
+            })
+            .collect();
+        for room in socket.rooms() {
+            if plugin.manifest.may_use_room(&room)
+                && patterns.iter().any(|pattern| pattern.matches(&room))
+                && !joining.contains(&&*room)
+            {
+                socket.leave(room);
+            }
+        }
     }
 
     /// Joins `socket` to `room` and sends it the room's cached state, atomically with respect

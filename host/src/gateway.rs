@@ -376,13 +376,16 @@ impl Gateway {
         let mut context = RequestContext {
             socket: socket.clone(),
             commands: socket.extensions.get::<Arc<CommandBudget>>(),
+            max_rooms: self.socket_config.max_rooms,
             first_reply: None,
         };
         let mut problems = Vec::new();
         for ((slot, plugin), outcome) in handlers.iter().zip(outcomes) {
             let name = &plugin.manifest.name;
-            match outcome {
-                Ok(Ok(Ok(actions))) => {
+            match outcome.map(|answer| answer.map(|a| (a.result, a.leave))) {
+                Ok(Ok((Ok(actions), leave))) => {
+                    self.dispatcher
+                        .leave_rooms(plugin, &socket, &leave, &actions);
                     let applied =
                         self.dispatcher
                             .apply(plugin, actions, Origin::Request(&mut context));
@@ -392,12 +395,14 @@ impl Gateway {
                         ));
                     } else if applied.throttled {
                         problems.push(format!("the {name} service is busy; try again shortly"));
+                    } else if applied.too_many_rooms {
+                        problems.push("this connection is in as many rooms as it may be".into());
                     }
                 }
-                Ok(Ok(Err(RequestError::Invalid(message)))) => {
+                Ok(Ok((Err(RequestError::Invalid(message)), _))) => {
                     problems.push(message.chars().take(MAX_CLIENT_MESSAGE).collect());
                 }
-                Ok(Ok(Err(RequestError::Internal(detail)))) => {
+                Ok(Ok((Err(RequestError::Internal(detail)), _))) => {
                     tracing::warn!(plugin = %name, event = %event, "request failed: {detail}");
                     problems.push(format!("the {name} service could not handle {event}"));
                 }

@@ -30,6 +30,7 @@ pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
 pub const DISCONNECTS: &str = "flux_disconnects_total";
 pub const EVENTS_REFUSED: &str = "flux_events_refused_total";
 pub const COMMANDS_REFUSED: &str = "flux_commands_refused_total";
+pub const JOINS_REFUSED: &str = "flux_joins_refused_total";
 pub const ABUSE_DISCONNECTS: &str = "flux_abuse_disconnects_total";
 pub const HANDSHAKES_REFUSED_ADDRESS: &str = "flux_handshakes_refused_address_total";
 pub const AUTH_HANDSHAKES: &str = "flux_auth_handshakes_total";

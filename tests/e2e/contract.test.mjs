@@ -345,3 +345,24 @@ describe("limits on the edge", () => {
     for (const socket of sockets) socket.close();
   });
 });
+
+describe("a gateway with a room cap", () => {
+  let gateway;
+
+  before(async () => {
+    gateway = await startGateway("[demo]\nenabled = true\n[socket]\nmax_rooms = 3\n");
+  });
+
+  after(async () => {
+    if (gateway) await gateway.stop();
+  });
+
+  test("a join past socket.max_rooms is refused with an error; the rooms within it are served", async () => {
+    const socket = await gateway.open();
+    const ack = await request(socket, "userLocationUpdate", delhi);
+    assert.deepEqual(ack, { status: "error", message: "userLocationUpdate: this connection is in as many rooms as it may be" });
+    assertSuccess(await nextEvent(socket, "cryptoTickerResponse"), () => {});
+    assert.equal(await gateway.metric("flux_joins_refused_total"), 1);
+    assert.ok(socket.connected);
+  });
+});

@@ -166,6 +166,22 @@ test("malformed records land in the dead-letter topic with their reason; serving
   );
 });
 
+test("a location update to a new city leaves the old city's room", async (t) => {
+  const keep = cleanup(t);
+  const broker = keep(await startBroker());
+  const gateway = keep(await startGateway(kafka(broker.brokers, "rooms")));
+  const socket = keep(await connect(gateway.url));
+  assert.equal((await request(socket, "userLocationUpdate", delhi)).status, "success");
+  assert.equal((await request(socket, "userLocationUpdate", mumbai)).status, "success");
+  const weather = (city) => JSON.stringify({ city, temperatureC: 30, humidity: 50, windKph: 5, condition: "clear", observedAt: "2026-01-01T00:00:00Z" });
+  await produce(broker.brokers, "weather.service.event.updated", "delhi", weather("Delhi"));
+  await produce(broker.brokers, "weather.service.event.updated", "mumbai", weather("Mumbai"));
+  await nextEvent(socket, "weather.mumbai.update", { timeout: 15_000 });
+  await sleep(1_000); // the other partition's record has had its time
+  assert.ok(await gateway.metric("flux_records_total", 'plugin="weather"') >= 2, "both records were consumed");
+  assert.equal(socket.received.filter((e) => e.event === "weather.delhi.update").length, 0, "no longer in Delhi's room");
+});
+
 test("warm start: a restarted node hydrates its first client from Kafka", async (t) => {
   const keep = cleanup(t);
   const broker = keep(await startBroker());

@@ -78,6 +78,7 @@ async fn crypto_still_serves(crypto: &PluginHandle) {
     .await
     .expect("crypto answers in time")
     .expect("crypto's call succeeds")
+    .result
     .expect("crypto accepts the request");
     assert!(
         matches!(actions.first(), Some(Action::Reply(_))),

@@ -37,6 +37,7 @@ async fn first_reply(plugin: &PluginHandle, event: &str, caller: Option<Principa
     .await
     .expect("answers in time")
     .expect("the call succeeds")
+    .result
     .expect("the request is accepted");
     let reply = actions
         .iter()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use precompiled::PrecompiledCache;
 pub use runtime::{
-    CallFailure, LoadError, PluginHandle, PluginInstance, PluginRuntime, RecordOutcome,
+    Answer, CallFailure, LoadError, PluginHandle, PluginInstance, PluginRuntime, RecordOutcome,
 };
 
 /// Host bindings for the `plugin` world: the one place generated from `wit/`.
@@ -41,7 +41,7 @@ pub enum RoomPattern {
 }
 
 impl RoomPattern {
-    fn parse(pattern: &str) -> Self {
+    pub fn parse(pattern: &str) -> Self {
         match pattern.strip_suffix('*') {
             Some(prefix) => Self::Prefix(prefix.to_owned()),
             None => Self::Exact(pattern.to_owned()),

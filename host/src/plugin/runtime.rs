@@ -311,6 +311,23 @@ pub struct PluginHandle {
 /// One record's outcome: its actions, or why the plugin found it malformed.
 pub type RecordOutcome = Result<Vec<Action>, String>;
 
+/// Most `leave-rooms` calls kept from one request.
+const MAX_LEAVES: usize = 16;
+
+/// A plugin's answer to a client request.
+#[derive(Debug)]
+pub struct Answer {
+    pub result: Result<Vec<Action>, RequestError>,
+    /// Room patterns the requesting socket leaves (`caller.leave-rooms`), before the actions.
+    pub leave: Vec<String>,
+}
+
+/// What the guest sees of the request being answered.
+struct RequestScope {
+    caller: Option<Arc<Principal>>,
+    leave: Vec<String>,
+}
+
 enum Job {
     Records(
         Vec<WitRecord>,
@@ -319,7 +336,7 @@ enum Job {
     Request(
         Arc<ClientRequest>,
         Option<Arc<Principal>>,
-        oneshot::Sender<Result<Result<Vec<Action>, RequestError>, CallFailure>>,
+        oneshot::Sender<Result<Answer, CallFailure>>,
     ),
     Timer(String, oneshot::Sender<Result<Vec<Action>, CallFailure>>),
 }
@@ -339,7 +356,7 @@ impl PluginHandle {
         &self,
         request: Arc<ClientRequest>,
         caller: Option<Arc<Principal>>,
-    ) -> Result<Result<Vec<Action>, RequestError>, CallFailure> {
+    ) -> Result<Answer, CallFailure> {
         self.ask(|reply| Job::Request(request, caller, reply)).await
     }
 
@@ -462,18 +479,29 @@ impl PluginInstance {
         &mut self,
         request: &ClientRequest,
         caller: Option<Arc<Principal>>,
-    ) -> Result<Result<Vec<Action>, RequestError>, CallFailure> {
-        self.call(caller, |p, s| p.call_on_request(s, request))
+    ) -> Result<Answer, CallFailure> {
+        let scope = RequestScope {
+            caller,
+            leave: Vec::new(),
+        };
+        let result = self.call(Some(scope), |p, s| p.call_on_request(s, request))?;
+        let leave = self
+            .instance
+            .as_mut()
+            .and_then(|(store, _)| store.data_mut().request.take())
+            .map(|scope| scope.leave)
+            .unwrap_or_default();
+        Ok(Answer { result, leave })
     }
 
     pub fn on_timer(&mut self, name: &str) -> Result<Vec<Action>, CallFailure> {
         self.call(None, |p, s| p.call_on_timer(s, name))
     }
 
-    /// Calls the guest with `caller` visible to it for the duration of the call.
+    /// Calls the guest; `request` is what it sees of the request it answers, if any.
     fn call<R>(
         &mut self,
-        caller: Option<Arc<Principal>>,
+        request: Option<RequestScope>,
         guest: impl FnOnce(&Plugin, &mut Store<GuestState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
         if self.instance.is_none() {
@@ -485,10 +513,9 @@ impl PluginInstance {
         };
         store.set_epoch_deadline(self.deadline_ticks);
         store.data_mut().limiter.denied = false;
-        store.data_mut().caller = caller;
+        store.data_mut().request = request;
         let started = Instant::now();
         let result = guest(plugin, store);
-        store.data_mut().caller = None;
         if let Some(probes) = &self.probes {
             probes.calls.inc();
             probes.latency.observe(started.elapsed());
@@ -545,7 +572,7 @@ impl PluginInstance {
             plugin: self.identity.name.clone(),
             version: self.identity.version.clone(),
             cache: self.cache.clone(),
-            caller: None,
+            request: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
@@ -592,8 +619,8 @@ pub struct GuestState {
     plugin: Arc<str>,
     version: Arc<str>,
     cache: Arc<SnapshotCache>,
-    /// Who asked, while an `on-request` call runs.
-    caller: Option<Arc<Principal>>,
+    /// The request being answered, while an `on-request` call runs.
+    request: Option<RequestScope>,
 }
 
 impl WasiView for GuestState {
@@ -609,11 +636,20 @@ impl super::bindings::flux::gateway::types::Host for GuestState {}
 
 impl super::bindings::flux::gateway::caller::Host for GuestState {
     fn current(&mut self) -> Option<WitPrincipal> {
-        self.caller.as_deref().map(|caller| WitPrincipal {
+        let caller = self.request.as_ref()?.caller.as_deref()?;
+        Some(WitPrincipal {
             subject: caller.subject.clone(),
             scopes: caller.scopes.clone(),
             claims: caller.claims.clone(),
         })
+    }
+
+    fn leave_rooms(&mut self, pattern: String) {
+        if let Some(request) = self.request.as_mut()
+            && request.leave.len() < MAX_LEAVES
+        {
+            request.leave.push(pattern);
+        }
     }
 }
 

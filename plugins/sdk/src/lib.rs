@@ -132,6 +132,12 @@ pub fn caller() -> Option<Principal> {
     bindings::flux::gateway::caller::current()
 }
 
+/// Take the requesting socket out of its rooms matching `pattern` (`"weather.*"`), except the
+/// rooms this same answer joins. Only in `on_request`.
+pub fn leave_rooms(pattern: &str) {
+    bindings::flux::gateway::caller::leave_rooms(pattern)
+}
+
 /// Read this plugin's cache.
 pub fn cache_get(key: &str) -> Option<String> {
     bindings::flux::gateway::host::cache_get(key)

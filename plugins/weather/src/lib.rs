@@ -10,7 +10,7 @@
 
 use flux_plugin_sdk::{
     Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_get,
-    cache_put, join, parse, publish_once, snapshot, success,
+    cache_put, join, leave_rooms, parse, publish_once, snapshot, success,
 };
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -65,6 +65,8 @@ impl Plugin for Weather {
         })?;
         let lat = coordinate(location.lat.as_ref(), 90.0, "lat")?;
         let lon = coordinate(location.lon.as_ref(), 180.0, "lon")?;
+        // A socket follows its user: one city at a time.
+        leave_rooms("weather.*");
         let room = format!("weather.{key}");
         if cache_get(&format!("{FRESH_PREFIX}{key}")).is_some() {
             return Ok(vec![join(&room)]);
