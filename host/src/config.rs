@@ -20,6 +20,9 @@ pub struct Config {
     pub dedupe_window_ms: u64,
     /// Log format: `human` or `json`.
     pub log_format: LogFormat,
+    /// Least time between two log lines of one kind about one plugin (refusals, faults, dead
+    /// letters, the plugin's own lines); the rest are counted and summarised. 0: every line.
+    pub log_interval_ms: u64,
     pub limits: PluginLimits,
     pub cache: CacheConfig,
     pub socket: SocketConfig,
@@ -45,6 +48,7 @@ impl Default for Config {
             plugin_dir: PathBuf::from("target/plugins"),
             dedupe_window_ms: 2_000,
             log_format: LogFormat::Human,
+            log_interval_ms: 1_000,
             limits: PluginLimits::default(),
             cache: CacheConfig::default(),
             socket: SocketConfig::default(),

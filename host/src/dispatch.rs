@@ -19,6 +19,7 @@ use socketioxide::extract::SocketRef;
 
 use crate::bus::{Bus, BusRecord, PublishError};
 use crate::cache::{Entry, Hydration, SnapshotCache};
+use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::plugin::{Action, PluginHandle, RoomPattern};
 use crate::throttle::CommandBudget;
@@ -217,7 +218,10 @@ impl Dispatcher {
                 }
                 _ => {}
             }
-            tracing::warn!(plugin = %manifest.name, version = %manifest.version, "action refused: {why}");
+            static REFUSED: Throttle = Throttle::new();
+            if let Some(held_back) = REFUSED.admit(&manifest.name) {
+                tracing::warn!(plugin = %manifest.name, version = %manifest.version, held_back, "action refused: {why}");
+            }
             self.metrics
                 .counter(
                     metrics::PLUGIN_ERRORS,

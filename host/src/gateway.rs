@@ -22,6 +22,7 @@ use crate::auth::{AuthRefusal, Authenticator, Principal};
 use crate::bus::Bus;
 use crate::config::SocketConfig;
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
+use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::plugin::{CallFailure, ClientRequest, RequestError};
 use crate::plugins::PluginSet;
@@ -403,7 +404,10 @@ impl Gateway {
                     problems.push(message.chars().take(MAX_CLIENT_MESSAGE).collect());
                 }
                 Ok(Ok((Err(RequestError::Internal(detail)), _))) => {
-                    tracing::warn!(plugin = %name, event = %event, "request failed: {detail}");
+                    static FAILED: Throttle = Throttle::new();
+                    if let Some(held_back) = FAILED.admit(name) {
+                        tracing::warn!(plugin = %name, event = %event, held_back, "request failed: {detail}");
+                    }
                     problems.push(format!("the {name} service could not handle {event}"));
                 }
                 Ok(Err(failure)) => {
@@ -415,7 +419,10 @@ impl Gateway {
                     problems.push(format!("the {name} service {why}"));
                 }
                 Err(_elapsed) => {
-                    tracing::warn!(plugin = %name, event = %event, "request timed out");
+                    static TIMED_OUT: Throttle = Throttle::new();
+                    if let Some(held_back) = TIMED_OUT.admit(name) {
+                        tracing::warn!(plugin = %name, event = %event, held_back, "request timed out");
+                    }
                     problems.push(format!("the {name} service did not answer in time"));
                 }
             }

@@ -19,6 +19,7 @@
 //! - [`gateway`]: Socket.IO connections, `getUserId`, `refreshToken`, and client-event routing
 //!   with per-plugin scopes.
 //! - [`http`]: the public probes and demo page; the admin listener's `/metrics` and `/admin/*`.
+//! - [`logs`]: rate-limited log lines for what clients and plugins can cause at any rate.
 //! - [`metrics`]: the Prometheus registry and metric names.
 //! - [`sim`]: simulated upstream services for the demo run (off by default).
 //! - [`throttle`]: per-socket event rates and per-address connection caps.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod dispatch;
 pub mod gateway;
 pub mod http;
+pub mod logs;
 pub mod metrics;
 pub mod origins;
 pub mod pipeline;
@@ -95,6 +97,7 @@ pub async fn run(
         public: listener,
         admin,
     } = listeners;
+    logs::set_interval(Duration::from_millis(config.log_interval_ms));
     let metrics = Arc::new(Metrics::default());
     let auth = Arc::new(Authenticator::new(&config.auth, metrics.clone())?);
     auth.prefetch();

@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::bus::{Bus, BusRecord, Delivery, StartAt};
 use crate::dispatch::{Dispatcher, Origin};
+use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::plugin::runtime::RecordOutcome;
 use crate::plugin::{PluginHandle, WitRecord};
@@ -227,7 +228,10 @@ impl Consumer {
     fn dead_letter(&self, plugin: &PluginHandle, delivery: Delivery, reason: &str) {
         let plugin = &plugin.manifest.name;
         let record = &delivery.record;
-        tracing::warn!(plugin = %plugin, position = %record.position(), "record dead-lettered: {reason}");
+        static DEAD_LETTERED: Throttle = Throttle::new();
+        if let Some(held_back) = DEAD_LETTERED.admit(plugin) {
+            tracing::warn!(plugin = %plugin, position = %record.position(), held_back, "record dead-lettered: {reason}");
+        }
         let labels = [
             ("plugin", plugin.as_str()),
             ("topic", record.topic.as_str()),

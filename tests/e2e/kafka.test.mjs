@@ -155,6 +155,15 @@ test("malformed records land in the dead-letter topic with their reason; serving
     assert.ok(letter.headers["x-flux-plugin"], "plugin recorded");
   }
   assert.equal(await gateway.metric("flux_records_failed_total", 'plugin="crypto",topic="crypto.service.event.top-movers"'), 1);
+  // A flood of bad records is a counter going up, not a log flood.
+  for (let i = 0; i < 30; i++) await produce(broker.brokers, "crypto.service.event.top-movers", "top-movers", `garbage ${i}`);
+  await eventually(
+    async () => (await gateway.metric("flux_records_failed_total", 'plugin="crypto",topic="crypto.service.event.top-movers"')) === 31,
+    { what: "every bad record counted" },
+  );
+  const lines = gateway.logs().split("\n").filter((l) => l.includes("record dead-lettered") && l.includes("crypto"));
+  assert.ok(lines.length < 10, `${lines.length} log lines for 32 bad crypto records`);
+
   // Still serving: live ticks and requests.
   const since = socket.received.length;
   assertSuccess(await nextEvent(socket, "cryptoTickerResponse", { since, timeout: 10_000 }));

@@ -24,6 +24,7 @@ use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERS
 use crate::auth::Principal;
 use crate::cache::SnapshotCache;
 use crate::config::{PluginLimits, Policies};
+use crate::logs::Throttle;
 use crate::metrics::{self, Counter, Histogram, Metrics};
 
 /// How often the epoch advances; call deadlines are measured in these ticks.
@@ -538,13 +539,17 @@ impl PluginInstance {
                 None => CallFailure::Trap(format!("{error:#}")),
             }
         };
-        tracing::warn!(
-            plugin = %self.identity.name,
-            version = %self.identity.version,
-            cause = %failure,
-            detail = %format!("{error:#}"),
-            "plugin call failed; its instance is replaced"
-        );
+        static FAILED: Throttle = Throttle::new();
+        if let Some(held_back) = FAILED.admit(&self.identity.name) {
+            tracing::warn!(
+                plugin = %self.identity.name,
+                version = %self.identity.version,
+                cause = %failure,
+                detail = %format!("{error:#}"),
+                held_back,
+                "plugin call failed; its instance is replaced"
+            );
+        }
         if let Some(probes) = &self.probes {
             probes.error(&failure).inc();
             if self.instance.is_some() {
@@ -668,7 +673,14 @@ impl super::bindings::flux::gateway::host::Host for GuestState {
                 .unwrap_or(0);
             message.truncate(cut);
         }
+        static GUEST_LINES: Throttle = Throttle::new();
         let (plugin, version) = (&*self.plugin, &*self.version);
+        let Some(held_back) = GUEST_LINES.admit(plugin) else {
+            return;
+        };
+        if held_back > 0 {
+            tracing::warn!(plugin, version, held_back, "plugin log lines held back");
+        }
         match level {
             LogLevel::Debug => tracing::debug!(plugin, version, "{message}"),
             LogLevel::Info => tracing::info!(plugin, version, "{message}"),
