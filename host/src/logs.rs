@@ -22,7 +22,11 @@ pub fn set_interval(interval: Duration) {
 }
 
 /// One log site's windows, by subject (a plugin's name).
-pub struct Throttle(LazyLock<Mutex<HashMap<String, Window>>>);
+pub struct Throttle {
+    windows: LazyLock<Mutex<HashMap<String, Window>>>,
+    /// Fixed for this site; `None`: `log_interval_ms`.
+    every: Option<Duration>,
+}
 
 struct Window {
     logged: Instant,
@@ -30,16 +34,30 @@ struct Window {
 }
 
 impl Throttle {
+    /// A site that logs once per `log_interval_ms`.
     pub const fn new() -> Self {
-        Self(LazyLock::new(Mutex::default))
+        Self {
+            windows: LazyLock::new(Mutex::default),
+            every: None,
+        }
+    }
+
+    /// A site that logs once per `every`, whatever `log_interval_ms` says.
+    pub const fn every(every: Duration) -> Self {
+        Self {
+            windows: LazyLock::new(Mutex::default),
+            every: Some(every),
+        }
     }
 
     /// `Some(held back)` when a line about `subject` may be logged now, with how many were
     /// held back since the last one; `None` when this one is held back.
     pub fn admit(&self, subject: &str) -> Option<u64> {
-        let interval = Duration::from_millis(INTERVAL_MS.load(Ordering::Relaxed));
+        let interval = self
+            .every
+            .unwrap_or_else(|| Duration::from_millis(INTERVAL_MS.load(Ordering::Relaxed)));
         let now = Instant::now();
-        let mut windows = self.0.lock();
+        let mut windows = self.windows.lock();
         match windows.get_mut(subject) {
             Some(window) if now.duration_since(window.logged) < interval => {
                 window.suppressed += 1;
@@ -85,7 +103,7 @@ mod tests {
             "each subject has its own window"
         );
         throttle
-            .0
+            .windows
             .lock()
             .get_mut("weather")
             .expect("a window")

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 
 use super::{Acknowledge, Bus, BusRecord, BusStatus, Delivery, PublishError, StartAt};
 use crate::config::KafkaConfig;
+use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
 
 const SUBSCRIBER_QUEUE: usize = 4_096;
@@ -58,31 +59,6 @@ struct Health {
 struct ProducerEvents {
     health: Arc<Health>,
     metrics: Arc<Metrics>,
-    throttle: Throttle,
-}
-
-/// At most one message per period: librdkafka reports every failed reconnect attempt.
-struct Throttle {
-    last: parking_lot::Mutex<Option<Instant>>,
-    period: Duration,
-}
-
-impl Throttle {
-    fn new(period: Duration) -> Self {
-        Self {
-            last: parking_lot::Mutex::new(None),
-            period,
-        }
-    }
-
-    fn allow(&self) -> bool {
-        let mut last = self.last.lock();
-        let allowed = last.is_none_or(|at| at.elapsed() >= self.period);
-        if allowed {
-            *last = Some(Instant::now());
-        }
-        allowed
-    }
 }
 
 /// The consumers' and admin client's context: the producer already tells the operator when
@@ -104,8 +80,10 @@ impl ConsumerContext for Quiet {}
 impl ClientContext for ProducerEvents {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let serious = (level as i32) <= (RDKafkaLogLevel::Warning as i32);
-        if serious && self.throttle.allow() {
-            tracing::warn!("librdkafka {facility}: {message}");
+        // librdkafka repeats itself while brokers are away.
+        static SERIOUS: Throttle = Throttle::every(Duration::from_secs(30));
+        if serious && let Some(held_back) = SERIOUS.admit("librdkafka") {
+            tracing::warn!(held_back, "librdkafka {facility}: {message}");
         } else {
             tracing::debug!("librdkafka {facility}: {message}");
         }
@@ -186,7 +164,6 @@ impl KafkaBus {
         .create_with_context(ProducerEvents {
             health: health.clone(),
             metrics: metrics.clone(),
-            throttle: Throttle::new(Duration::from_secs(30)),
         })?;
         Ok(Self {
             config: config.clone(),
