@@ -10,6 +10,8 @@ use moka::sync::Cache;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
+use crate::metrics::Counter;
+
 /// A cache key: the owning plugin and the plugin's own key.
 pub type CacheKey = (Arc<str>, Arc<str>);
 
@@ -56,14 +58,34 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for PerEntryTtl {
     }
 }
 
+/// What one entry weighs against the cache's byte bound: its key and payload, plus a fixed
+/// allowance for the entry's bookkeeping.
+fn weight(key: &CacheKey, entry: &Arc<Entry>) -> u32 {
+    const BOOKKEEPING: usize = 128;
+    let bytes = key.0.len()
+        + key.1.len()
+        + entry.payload.get().len()
+        + entry
+            .hydrate
+            .as_ref()
+            .map_or(0, |h| h.room.len() + h.event.len())
+        + BOOKKEEPING;
+    u32::try_from(bytes).unwrap_or(u32::MAX)
+}
+
 impl SnapshotCache {
-    pub fn new(max_entries: u64) -> Self {
+    /// A cache of at most `max_bytes` (keys, payloads and bookkeeping); the least recently
+    /// used entries are evicted past it, each counted in `evictions`.
+    pub fn new(max_bytes: u64, evictions: Counter) -> Self {
         let rooms = RoomIndex::default();
         let index = rooms.clone();
         // Never called while `rooms` is held: the cache is only touched outside that lock.
         let unindex = move |key: Arc<CacheKey>, entry: Arc<Entry>, cause: RemovalCause| {
             if cause == RemovalCause::Replaced {
                 return;
+            }
+            if cause == RemovalCause::Size {
+                evictions.inc();
             }
             if let Some(hydrate) = &entry.hydrate {
                 let mut rooms = index.lock();
@@ -77,7 +99,8 @@ impl SnapshotCache {
         };
         Self {
             entries: Cache::builder()
-                .max_capacity(max_entries)
+                .weigher(weight)
+                .max_capacity(max_bytes)
                 .expire_after(PerEntryTtl)
                 .eviction_listener(unindex)
                 .support_invalidation_closures()
@@ -152,8 +175,32 @@ mod tests {
     }
 
     #[test]
+    fn memory_is_bounded_by_bytes_and_evictions_are_counted() {
+        let evictions = Counter::default();
+        let cache = SnapshotCache::new(64 * 1024, evictions.clone());
+        let payload = format!("\"{}\"", "x".repeat(1_000));
+        for i in 0..1_000 {
+            cache.put(
+                key("w", &format!("city-{i}")),
+                entry(&payload, 60_000, Some(&format!("weather.city-{i}"))),
+            );
+        }
+        cache.entries.run_pending_tasks();
+        assert!(
+            cache.entries.weighted_size() <= 64 * 1024,
+            "{} bytes",
+            cache.entries.weighted_size()
+        );
+        assert!(evictions.get() >= 900, "{} evictions", evictions.get());
+        assert!(
+            cache.rooms.lock().len() <= 100,
+            "the room index follows evictions"
+        );
+    }
+
+    #[test]
     fn keys_are_scoped_by_plugin() {
-        let cache = SnapshotCache::new(100);
+        let cache = SnapshotCache::new(1 << 20, Counter::default());
         cache.put(key("crypto", "k"), entry("1", 60_000, None));
         assert!(cache.get(&key("crypto", "k")).is_some());
         assert!(cache.get(&key("news", "k")).is_none());
@@ -161,7 +208,7 @@ mod tests {
 
     #[test]
     fn room_state_follows_puts_and_expiry() {
-        let cache = SnapshotCache::new(100);
+        let cache = SnapshotCache::new(1 << 20, Counter::default());
         cache.put(
             key("w", "delhi"),
             entry("{\"t\":1}", 60_000, Some("weather.delhi")),
@@ -181,7 +228,7 @@ mod tests {
 
     #[test]
     fn replacing_keeps_the_newest_and_invalidate_plugin_clears() {
-        let cache = SnapshotCache::new(100);
+        let cache = SnapshotCache::new(1 << 20, Counter::default());
         cache.put(
             key("c", "movers"),
             entry("1", 60_000, Some("crypto.global")),

@@ -235,14 +235,18 @@ impl PluginLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
-    /// Most cached entries across all plugins.
-    pub max_entries: u64,
+    /// Most bytes of cached snapshots across all plugins (keys, payloads, bookkeeping); the
+    /// least recently used are evicted past it.
+    pub max_bytes: u64,
+    /// Most bytes of remembered dedupe keys (single flight); the oldest are forgotten past it.
+    pub dedupe_max_bytes: u64,
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            max_entries: 100_000,
+            max_bytes: 256 << 20,
+            dedupe_max_bytes: 32 << 20,
         }
     }
 }
@@ -460,6 +464,12 @@ pub struct KafkaConfig {
     pub warm_start_records: u32,
     /// Records queued for the broker before publishing fails fast (`queue.buffering.max.messages`).
     pub produce_queue_max: u32,
+    /// Bytes (in KiB) queued for the broker before publishing fails fast
+    /// (`queue.buffering.max.kbytes`).
+    pub produce_queue_max_kbytes: u32,
+    /// Bytes (in KiB) prefetched per partition ahead of the plugins
+    /// (`queued.max.messages.kbytes`).
+    pub consume_queue_max_kbytes: u32,
     /// Any librdkafka property, applied last: `security.protocol`, `sasl.*`, `ssl.*`,
     /// `client.id`, ... Values may come from the environment or a file like any [`Secret`]
     /// (`"sasl.password" = { env = "KAFKA_PASSWORD" }`), and are never shown by `Debug`.
@@ -475,6 +485,8 @@ impl Default for KafkaConfig {
             create_topic_partitions: 3,
             warm_start_records: 50,
             produce_queue_max: 100_000,
+            produce_queue_max_kbytes: 64 * 1024,
+            consume_queue_max_kbytes: 8 * 1024,
             properties: BTreeMap::new(),
         }
     }

@@ -146,6 +146,7 @@ impl Dispatcher {
         cache: Arc<SnapshotCache>,
         metrics: Arc<Metrics>,
         dedupe_window: Duration,
+        dedupe_max_bytes: u64,
     ) -> Self {
         Self {
             io,
@@ -154,7 +155,10 @@ impl Dispatcher {
             metrics,
             gates: RoomGates::new(),
             recent_publishes: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
+                .weigher(|(topic, key): &(String, String), ()| {
+                    u32::try_from(topic.len() + key.len() + 64).unwrap_or(u32::MAX)
+                })
+                .max_capacity(dedupe_max_bytes)
                 .time_to_live(dedupe_window)
                 .build(),
             publish_budgets: Mutex::default(),

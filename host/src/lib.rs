@@ -111,7 +111,10 @@ pub async fn run(
              this port can connect and act as any user; set [auth] mode = \"jwt\""
         );
     }
-    let cache = Arc::new(SnapshotCache::new(config.cache.max_entries));
+    let cache = Arc::new(SnapshotCache::new(
+        config.cache.max_bytes,
+        metrics.counter(metrics::CACHE_EVICTIONS, &[]),
+    ));
     let precompiled = PrecompiledCache::open(
         config.precompiled_dir(),
         config.reload.precompiled_key.as_ref(),
@@ -177,6 +180,7 @@ pub async fn run(
         cache.clone(),
         metrics.clone(),
         config.dedupe_window(),
+        config.cache.dedupe_max_bytes,
     ));
 
     let plugins = Arc::new(PluginSet::new(

@@ -24,6 +24,7 @@ pub const PLUGIN_RELOADS: &str = "flux_plugin_reloads_total";
 pub const PRECOMPILED_REFUSED: &str = "flux_precompiled_refused_total";
 pub const PLUGIN_INSTANCES_REPLACED: &str = "flux_plugin_instances_replaced_total";
 pub const ROOM_EMITS: &str = "flux_room_emits_total";
+pub const CACHE_EVICTIONS: &str = "flux_cache_evictions_total";
 pub const HYDRATIONS: &str = "flux_hydrations_total";
 pub const CLIENT_EVENTS: &str = "flux_client_events_total";
 pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";

@@ -32,7 +32,7 @@ fn host() -> Host {
 
 fn host_with(plugins: BTreeMap<String, PluginPolicy>) -> Host {
     let metrics = Arc::new(Metrics::default());
-    let cache = Arc::new(SnapshotCache::new(1_000));
+    let cache = Arc::new(SnapshotCache::new(1 << 20, Default::default()));
     let defaults = PluginLimits {
         call_timeout_ms: CALL_TIMEOUT.as_millis() as u64,
         memory_mb: 16,
@@ -172,6 +172,7 @@ async fn an_emit_into_an_undeclared_room_is_refused() {
         host.cache.clone(),
         host.metrics.clone(),
         Duration::from_secs(1),
+        1 << 20,
     );
 
     let mut outcomes = fixture
@@ -205,6 +206,7 @@ async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
         host.cache.clone(),
         host.metrics.clone(),
         Duration::from_secs(1),
+        1 << 20,
     ));
     let mut dead_letters = bus.subscribe("dlq", &["dead.letters".into()], StartAt::Committed);
     let config = PipelineConfig {
@@ -319,6 +321,7 @@ async fn quotas_are_enforced_per_plugin_and_counted_for_that_plugin_only() {
         host.cache.clone(),
         host.metrics.clone(),
         Duration::from_secs(1),
+        1 << 20,
     );
     let emits = host.metrics.counter(metrics::ROOM_EMITS, &[]);
 
@@ -370,7 +373,7 @@ fn runtime_with_cache(dir: &std::path::Path) -> (PluginRuntime, Arc<Metrics>) {
     let runtime = PluginRuntime::new(
         Policies::default(),
         Some(precompiled),
-        Arc::new(SnapshotCache::new(10)),
+        Arc::new(SnapshotCache::new(1 << 20, Default::default())),
         metrics.clone(),
     )
     .unwrap();

@@ -17,7 +17,7 @@ fn runtime() -> PluginRuntime {
     PluginRuntime::new(
         Policies::default(),
         None,
-        Arc::new(SnapshotCache::new(100)),
+        Arc::new(SnapshotCache::new(1 << 20, Default::default())),
         Arc::new(Metrics::default()),
     )
     .unwrap()

@@ -106,7 +106,7 @@ pub fn runtime() -> PluginRuntime {
     PluginRuntime::new(
         Policies::default(),
         None,
-        Arc::new(SnapshotCache::new(10_000)),
+        Arc::new(SnapshotCache::new(1 << 20, Default::default())),
         Arc::new(Metrics::default()),
     )
     .expect("a plugin runtime")

@@ -157,6 +157,10 @@ impl KafkaBus {
                     "queue.buffering.max.messages",
                     &config.produce_queue_max.to_string(),
                 ),
+                (
+                    "queue.buffering.max.kbytes",
+                    &config.produce_queue_max_kbytes.to_string(),
+                ),
                 ("linger.ms", "2"),
                 ("statistics.interval.ms", "500"),
             ],
@@ -437,6 +441,10 @@ impl Subscription {
                     ("auto.commit.interval.ms", "1000"),
                     ("enable.auto.offset.store", "false"),
                     ("auto.offset.reset", "latest"),
+                    (
+                        "queued.max.messages.kbytes",
+                        &self.config.consume_queue_max_kbytes.to_string(),
+                    ),
                 ],
             )
             .create_with_context(Quiet)?,
