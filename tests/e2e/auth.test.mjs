@@ -11,6 +11,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
+  cleanup,
   connect,
   connectError,
   delhi,
@@ -73,18 +74,6 @@ const jwk = (publicKey, kid, alg) => ({ ...publicKey.export({ format: "jwk" }), 
 const secret = (what) => `${what}-${randomBytes(18).toString("hex")}`;
 
 // ---- Helpers
-
-/** Stops or closes everything a test opened, newest first, even when the test failed. */
-function cleanup(t) {
-  const stack = [];
-  t.after(async () => {
-    for (const stop of stack.reverse()) await stop().catch(() => {});
-  });
-  return (thing) => {
-    stack.push(thing.stop ? () => thing.stop() : async () => thing.close());
-    return thing;
-  };
-}
 
 /** A socket with `token` in its handshake `auth` payload (and any other io() options). */
 const withToken = (url, token, options = {}) => connect(url, { auth: { token }, ...options });

@@ -314,6 +314,21 @@ export async function dump(brokers, topic) {
   return out.split("\n").filter(Boolean).map((line) => JSON.parse(line));
 }
 
+/**
+ * Stops or closes everything a test opened, newest first, even when the test failed:
+ * `const keep = cleanup(t); const broker = keep(await startBroker());`.
+ */
+export function cleanup(t) {
+  const stack = [];
+  t.after(async () => {
+    for (const stop of stack.reverse()) await stop().catch(() => {});
+  });
+  return (thing) => {
+    stack.push(thing.stop ? () => thing.stop() : async () => thing.close());
+    return thing;
+  };
+}
+
 /** Waits until `check()` resolves truthy, polling. */
 export async function eventually(check, { timeout = 15_000, every = 100, what = "a condition" } = {}) {
   return withTimeout(

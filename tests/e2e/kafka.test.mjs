@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import {
+  cleanup,
   connect,
   delhi,
   dump,
@@ -26,18 +27,6 @@ import { SNAPSHOT_EVENTS, assertSuccess, shapes } from "./shapes.mjs";
 
 const kafka = (brokers, node, extra = "") =>
   `[kafka]\nbrokers = "${brokers}"\nnode_id = "${node}"\n${extra}\n`;
-
-/** Stops everything a test started, newest first, even when the test failed. */
-function cleanup(t) {
-  const stack = [];
-  t.after(async () => {
-    for (const stop of stack.reverse()) await stop().catch(() => {});
-  });
-  return (thing) => {
-    stack.push(thing.stop ? () => thing.stop() : async () => thing.close());
-    return thing;
-  };
-}
 
 const success = (p) => p.status === "success";
 
