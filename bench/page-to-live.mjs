@@ -72,3 +72,4 @@ for (const m of MILESTONES) {
   const { median, max } = stats(samples[m]);
   console.log(`| ${m} | ${median.toFixed(0)} | ${max.toFixed(0)} |`);
 }
+console.log(`\nper load, in order (ms): ${MILESTONES.map((m) => `${m} ${samples[m].map((v) => v.toFixed(0)).join(" ")}`).join("; ")}`);
