@@ -134,7 +134,8 @@ impl Gateway {
         let expired = self.metrics.counter(metrics::AUTH_EXPIRED_DISCONNECTS, &[]);
         let task = tokio::spawn(async move {
             loop {
-                let deadline = Duration::from_secs(watched.principal().expires_at) + grace;
+                let deadline =
+                    Duration::from_secs(watched.principal().expires_at).saturating_add(grace);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default();
