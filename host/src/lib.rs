@@ -115,12 +115,13 @@ pub async fn run(
         config.cache.max_bytes,
         metrics.counter(metrics::CACHE_EVICTIONS, &[]),
     ));
+    let precompiled_dir = config.precompiled_dir();
     let precompiled = PrecompiledCache::open(
-        config.precompiled_dir(),
+        precompiled_dir.clone(),
         config.reload.precompiled_key.as_ref(),
     )
     .map_err(|source| RunError::Precompiled {
-        dir: config.precompiled_dir().display().to_string(),
+        dir: precompiled_dir.display().to_string(),
         source,
     })?;
     let runtime = Arc::new(
@@ -245,10 +246,9 @@ pub async fn run(
         ))
         .layer(origins.cors(config.socket.cors_credentials));
 
-    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
     if let Some(admin) = admin {
         let app = http::admin_router(gateway, config.admin.token.clone());
-        let mut stopped = stopped.clone();
         tasks.spawn(async move {
             let serving = axum::serve(admin, app).with_graceful_shutdown(async move {
                 let _ = stopped.wait_for(|stop| *stop).await;
