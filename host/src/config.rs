@@ -33,6 +33,8 @@ pub struct Config {
     /// The Kafka bus; without `kafka.brokers` the gateway runs on the embedded bus.
     pub kafka: KafkaConfig,
     pub reload: ReloadConfig,
+    /// When a plugin version stops being called, and when it is rolled back.
+    pub circuit: CircuitConfig,
     /// Per-plugin overrides of `[limits]`, by plugin name: `[plugins.weather]`.
     pub plugins: BTreeMap<String, PluginPolicy>,
     /// Who may connect: handshake authentication.
@@ -56,6 +58,7 @@ impl Default for Config {
             dead_letter_topic: "flux.gateway.dead-letter".into(),
             kafka: KafkaConfig::default(),
             reload: ReloadConfig::default(),
+            circuit: CircuitConfig::default(),
             plugins: BTreeMap::new(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
@@ -207,6 +210,9 @@ pub struct PluginLimits {
     pub max_payload_bytes: usize,
     /// Publishes per second (bursts up to one second's worth); 0: no limit.
     pub publishes_per_sec: u32,
+    /// Guest time (milliseconds of one core) a plugin may use per second, bursts up to one
+    /// second's worth; over it, its records wait and its requests are refused. 0: no limit.
+    pub cpu_ms_per_sec: u64,
 }
 
 impl Default for PluginLimits {
@@ -219,6 +225,7 @@ impl Default for PluginLimits {
             max_actions: 64,
             max_payload_bytes: 256 * 1024,
             publishes_per_sec: 100,
+            cpu_ms_per_sec: 500,
         }
     }
 }
@@ -226,6 +233,9 @@ impl Default for PluginLimits {
 impl PluginLimits {
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.call_timeout_ms)
+    }
+    pub fn cpu_per_sec(&self) -> Duration {
+        Duration::from_millis(self.cpu_ms_per_sec)
     }
     pub fn memory_bytes(&self) -> usize {
         usize::try_from(self.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
@@ -355,6 +365,7 @@ pub struct PluginPolicy {
     pub max_actions: Option<usize>,
     pub max_payload_bytes: Option<usize>,
     pub publishes_per_sec: Option<u32>,
+    pub cpu_ms_per_sec: Option<u64>,
     /// A scope the socket's principal must hold for the host to route any of its events to
     /// this plugin (and so join it to the plugin's rooms).
     pub required_scope: Option<String>,
@@ -366,6 +377,7 @@ pub struct PluginPolicy {
 pub struct Policies {
     pub defaults: PluginLimits,
     pub plugins: BTreeMap<String, PluginPolicy>,
+    pub circuit: CircuitConfig,
 }
 
 impl Policies {
@@ -377,6 +389,7 @@ impl Policies {
             limits.max_actions = quota.max_actions.unwrap_or(limits.max_actions);
             limits.max_payload_bytes = quota.max_payload_bytes.unwrap_or(limits.max_payload_bytes);
             limits.publishes_per_sec = quota.publishes_per_sec.unwrap_or(limits.publishes_per_sec);
+            limits.cpu_ms_per_sec = quota.cpu_ms_per_sec.unwrap_or(limits.cpu_ms_per_sec);
         }
         limits
     }
@@ -416,6 +429,51 @@ fn covered(allowed: &[String], declared: &str) -> bool {
         })
 }
 
+/// When a version's circuit opens, and for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Failures (traps, timeouts, memory) within the window that open the circuit...
+    pub failures: u32,
+    /// ...provided they are at least this share of the window's calls.
+    pub failure_ratio: f64,
+    pub window_ms: u64,
+    /// How long the circuit first stays open; doubled after each failed probe.
+    pub open_ms: u64,
+    pub max_open_ms: u64,
+    /// A version whose circuit opens within this time of going live is rolled back to the
+    /// version it replaced (when there is one).
+    pub rollback_within_ms: u64,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            failure_ratio: 0.5,
+            window_ms: 30_000,
+            open_ms: 1_000,
+            max_open_ms: 60_000,
+            rollback_within_ms: 600_000,
+        }
+    }
+}
+
+impl CircuitConfig {
+    pub fn window(&self) -> Duration {
+        Duration::from_millis(self.window_ms.max(1))
+    }
+    pub fn open_for(&self) -> Duration {
+        Duration::from_millis(self.open_ms.max(1))
+    }
+    pub fn max_open_for(&self) -> Duration {
+        Duration::from_millis(self.max_open_ms.max(self.open_ms).max(1))
+    }
+    pub fn rollback_within(&self) -> Duration {
+        Duration::from_millis(self.rollback_within_ms)
+    }
+}
+
 /// Hot reload of the plugin directory.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -424,9 +482,6 @@ pub struct ReloadConfig {
     pub watch: bool,
     /// Quiet time after the last change to a file before it is loaded.
     pub debounce_ms: u64,
-    /// A new version that fails this many calls within the window is rolled back.
-    pub rollback_after_failures: usize,
-    pub rollback_window_ms: u64,
     /// Compiled plugins, by content and engine. Default: `flux-gateway/precompiled` in the
     /// user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), never the plugin directory.
     pub precompiled_dir: Option<PathBuf>,
@@ -440,8 +495,6 @@ impl Default for ReloadConfig {
         Self {
             watch: true,
             debounce_ms: 50,
-            rollback_after_failures: 5,
-            rollback_window_ms: 30_000,
             precompiled_dir: None,
             precompiled_key: None,
         }
@@ -600,6 +653,7 @@ impl Config {
 
     pub fn policies(&self) -> Policies {
         Policies {
+            circuit: self.circuit.clone(),
             defaults: self.limits.clone(),
             plugins: self.plugins.clone(),
         }

@@ -24,7 +24,7 @@ use crate::config::SocketConfig;
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
-use crate::plugin::{CallFailure, ClientRequest, RequestError};
+use crate::plugin::{CallFailure, Caller, ClientRequest, RequestError};
 use crate::plugins::PluginSet;
 use crate::throttle::{
     AddressFull, AddressLimits, AddressSlot, CommandBudget, EventBudget, Verdict,
@@ -327,7 +327,7 @@ impl Gateway {
             .get::<Arc<Session>>()
             .map(|session| session.principal());
         let mut missing_scope = None;
-        handlers.retain(|(_, plugin)| {
+        handlers.retain(|plugin| {
             let name = &plugin.manifest.name;
             let Some(scope) = self.required_scopes.get(name) else {
                 return true;
@@ -367,8 +367,13 @@ impl Gateway {
             user_id,
         });
 
-        let calls = handlers.iter().map(|(_, plugin)| {
-            let (request, caller) = (request.clone(), principal.clone());
+        let socket_key = socket_key(&socket);
+        let calls = handlers.iter().map(|plugin| {
+            let request = request.clone();
+            let caller = Caller {
+                principal: principal.clone(),
+                socket: socket_key,
+            };
             async move {
                 tokio::time::timeout(REQUEST_TIMEOUT, plugin.on_request(request, caller)).await
             }
@@ -382,7 +387,7 @@ impl Gateway {
             first_reply: None,
         };
         let mut problems = Vec::new();
-        for ((slot, plugin), outcome) in handlers.iter().zip(outcomes) {
+        for (plugin, outcome) in handlers.iter().zip(outcomes) {
             let name = &plugin.manifest.name;
             match outcome.map(|answer| answer.map(|a| (a.result, a.leave))) {
                 Ok(Ok((Ok(actions), leave))) => {
@@ -412,9 +417,10 @@ impl Gateway {
                     problems.push(format!("the {name} service could not handle {event}"));
                 }
                 Ok(Err(failure)) => {
-                    slot.failed(&failure);
                     let why = match failure {
                         CallFailure::Unavailable => "is unavailable",
+                        CallFailure::CircuitOpen => "is temporarily unavailable; try again later",
+                        CallFailure::OverBudget => "is busy; try again shortly",
                         _ => "could not handle the request",
                     };
                     problems.push(format!("the {name} service {why}"));
@@ -436,6 +442,12 @@ impl Gateway {
             answer_error(&socket, ack, &format!("{event}: {}", problems.join("; ")));
         }
     }
+}
+
+/// A stable number for the socket, to charge a plugin failure its request caused to it.
+fn socket_key(socket: &SocketRef) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(socket.id)
 }
 
 /// Everything happens in [`Gateway::prepare`], before the client learns it is connected.

@@ -60,9 +60,9 @@ use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
-use crate::pipeline::PipelineConfig;
+use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::plugin::{PluginRuntime, PrecompiledCache};
-use crate::plugins::{BreakerConfig, PluginSet};
+use crate::plugins::PluginSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -184,11 +184,9 @@ pub async fn run(
         config.cache.dedupe_max_bytes,
     ));
 
-    let plugins = Arc::new(PluginSet::new(
-        runtime,
+    let pipeline = Pipeline::new(
         bus.clone(),
         dispatcher.clone(),
-        cache,
         metrics.clone(),
         PipelineConfig {
             max_batch: config.limits.max_batch,
@@ -196,11 +194,15 @@ pub async fn run(
             dead_letter_topic: config.dead_letter_topic.clone(),
             start,
         },
-        BreakerConfig {
-            failures: config.reload.rollback_after_failures,
-            window: Duration::from_millis(config.reload.rollback_window_ms),
-        },
+    );
+    let plugins = Arc::new(PluginSet::new(
+        runtime,
+        pipeline,
+        cache,
+        metrics.clone(),
+        config.circuit.rollback_within(),
     ));
+    tasks.spawn(plugins.clone().supervise());
     // The upstream services exist before the gateway: a plugin's first command finds them.
     if config.demo.enabled {
         sim::start(bus.clone(), &config.demo, &mut tasks);

@@ -22,6 +22,11 @@ pub const PLUGIN_CALL_SECONDS: &str = "flux_plugin_call_seconds";
 pub const PLUGIN_COMPILES: &str = "flux_plugin_compiles_total";
 pub const PLUGIN_RELOADS: &str = "flux_plugin_reloads_total";
 pub const PRECOMPILED_REFUSED: &str = "flux_precompiled_refused_total";
+pub const PLUGIN_CALLS_REFUSED: &str = "flux_plugin_calls_refused_total";
+pub const PLUGIN_CIRCUIT_STATE: &str = "flux_plugin_circuit_state";
+pub const PLUGIN_CIRCUIT_OPENED: &str = "flux_plugin_circuit_opened_total";
+pub const PLUGIN_CPU_THROTTLED: &str = "flux_plugin_cpu_throttled_total";
+pub const PLUGIN_SLOW_CALLS: &str = "flux_plugin_slow_calls_total";
 pub const PLUGIN_INSTANCES_REPLACED: &str = "flux_plugin_instances_replaced_total";
 pub const ROOM_EMITS: &str = "flux_room_emits_total";
 pub const CACHE_EVICTIONS: &str = "flux_cache_evictions_total";
@@ -71,6 +76,9 @@ impl Gauge {
     }
     pub fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub fn set(&self, value: i64) {
+        self.0.store(value, Ordering::Relaxed);
     }
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)

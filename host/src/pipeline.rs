@@ -4,9 +4,15 @@
 //! order, in batches of what has already arrived (up to `max_batch`): batching amortises the
 //! crossing into the guest without adding latency. A record is acknowledged to the bus only
 //! after its actions are applied or it was dead-lettered.
+//!
+//! The data path never changes which version runs: it reads the active version from a
+//! [`watch`] the plugin set owns, and a version's failures are recorded by its own guard.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use serde::de::IgnoredAny;
 use tokio::sync::{mpsc, watch};
@@ -18,7 +24,6 @@ use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::plugin::runtime::RecordOutcome;
 use crate::plugin::{PluginHandle, WitRecord};
-use crate::plugins::{RecentRecords, Slot};
 
 /// How the pipeline treats records, from configuration.
 #[derive(Debug, Clone)]
@@ -29,71 +34,99 @@ pub struct PipelineConfig {
     pub start: StartAt,
 }
 
-/// Starts consuming the slot's declared topics and firing its timers, as tasks in `tasks`,
-/// until the slot tells this generation of workers to stop.
-pub fn start(
-    slot: Arc<Slot>,
+/// What every plugin's consumers and timers share.
+#[derive(Clone)]
+pub struct Pipeline {
     bus: Arc<dyn Bus>,
     dispatcher: Arc<Dispatcher>,
     metrics: Arc<Metrics>,
     recent: Arc<RecentRecords>,
-    config: &PipelineConfig,
-    tasks: &mut JoinSet<()>,
-) {
-    let manifest = slot.active().manifest;
-    if !manifest.consumes.is_empty() {
-        let deliveries = bus.subscribe(&manifest.name, &manifest.consumes, config.start);
-        let consumer = Consumer {
-            slot: slot.clone(),
-            dispatcher: dispatcher.clone(),
-            bus: bus.clone(),
+    config: PipelineConfig,
+}
+
+impl Pipeline {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        dispatcher: Arc<Dispatcher>,
+        metrics: Arc<Metrics>,
+        config: PipelineConfig,
+    ) -> Self {
+        Self {
+            bus,
+            dispatcher,
             metrics,
-            recent,
-            config: config.clone(),
-        };
-        tasks.spawn(consumer.run(deliveries, slot.stopped()));
+            recent: Arc::default(),
+            config,
+        }
     }
-    for (name, every) in manifest.timers.clone() {
-        let (slot, dispatcher, bus, mut stopped) = (
-            slot.clone(),
-            dispatcher.clone(),
-            bus.clone(),
-            slot.stopped(),
-        );
-        tasks.spawn(async move {
-            // A timer's commands would only be refused while the broker is unreachable.
-            while !bus.status().connected {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stopped.changed() => return,
-                    _ = ticks.tick() => {}
+
+    /// The latest records of `topics` that some plugin processed, oldest first: what a new
+    /// version is canaried on.
+    pub fn recent_records(&self, topics: &[String]) -> Vec<WitRecord> {
+        self.recent.for_topics(topics)
+    }
+
+    /// Starts consuming the active version's declared topics and firing its timers, as tasks
+    /// in `tasks`, until `stopped` turns true. Each batch and tick goes to the version active
+    /// at that moment.
+    pub fn start(
+        &self,
+        active: &watch::Receiver<PluginHandle>,
+        stopped: &watch::Receiver<bool>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let manifest = active.borrow().manifest.clone();
+        let topics = manifest
+            .consumes
+            .iter()
+            .chain(&manifest.publishes)
+            .cloned()
+            .collect();
+        self.bus.prepare_topics(topics);
+        if !manifest.consumes.is_empty() {
+            let deliveries =
+                self.bus
+                    .subscribe(&manifest.name, &manifest.consumes, self.config.start);
+            let consumer = Consumer {
+                active: active.clone(),
+                pipeline: self.clone(),
+            };
+            tasks.spawn(consumer.run(deliveries, stopped.clone()));
+        }
+        for (name, every) in manifest.timers.clone() {
+            let (active, mut stopped, pipeline) = (active.clone(), stopped.clone(), self.clone());
+            tasks.spawn(async move {
+                // A timer's commands would only be refused while the broker is unreachable.
+                while !pipeline.bus.status().connected {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                let plugin = slot.active();
-                match plugin.on_timer(name.clone()).await {
-                    Ok(actions) => {
-                        dispatcher.apply(&plugin, actions, Origin::Live);
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stopped.changed() => return,
+                        _ = ticks.tick() => {}
                     }
-                    Err(failure) => {
-                        tracing::warn!(plugin = %plugin.manifest.name, timer = %name, "timer failed: {failure}");
-                        slot.failed(&failure);
+                    let plugin = active.borrow().clone();
+                    match plugin.on_timer(name.clone()).await {
+                        Ok(actions) => {
+                            pipeline.dispatcher.apply(&plugin, actions, Origin::Live);
+                        }
+                        // Counted by the version's guard; nothing to add per tick.
+                        Err(failure) if failure.is_refusal() => {}
+                        Err(failure) => {
+                            tracing::warn!(plugin = %plugin.manifest.name, timer = %name, "timer failed: {failure}");
+                        }
                     }
                 }
-            }
-        });
+            });
+        }
     }
 }
 
 struct Consumer {
-    slot: Arc<Slot>,
-    dispatcher: Arc<Dispatcher>,
-    bus: Arc<dyn Bus>,
-    metrics: Arc<Metrics>,
-    recent: Arc<RecentRecords>,
-    config: PipelineConfig,
+    active: watch::Receiver<PluginHandle>,
+    pipeline: Pipeline,
 }
 
 impl Consumer {
@@ -104,7 +137,7 @@ impl Consumer {
         mut deliveries: mpsc::Receiver<Delivery>,
         mut stopped: watch::Receiver<bool>,
     ) {
-        let max_batch = self.config.max_batch.max(1);
+        let max_batch = self.pipeline.config.max_batch.max(1);
         let mut batch = Vec::with_capacity(max_batch);
         loop {
             tokio::select! {
@@ -117,7 +150,7 @@ impl Consumer {
                 }
             }
             // The version to use is read once per batch: a swap takes effect between batches.
-            let plugin = self.slot.active();
+            let plugin = self.active.borrow().clone();
             self.process(&plugin, std::mem::take(&mut batch)).await;
         }
     }
@@ -146,14 +179,11 @@ impl Consumer {
                     outcomes.len(),
                     accepted.len()
                 );
-                for delivery in accepted {
-                    self.dead_letter(plugin, delivery, &reason);
-                }
+                self.dead_letter_all(plugin, accepted, &reason);
             }
             // One bad record must not cost its neighbours: retry them one by one, each on a
             // fresh instance if the previous one trapped, to isolate the culprit.
-            Err(failure) if accepted.len() > 1 => {
-                self.slot.failed(&failure);
+            Err(failure) if accepted.len() > 1 && !failure.is_refusal() => {
                 for delivery in accepted {
                     match plugin.on_records(vec![to_wit(&delivery.record)]).await {
                         Ok(mut outcomes) if outcomes.len() == 1 => {
@@ -166,29 +196,31 @@ impl Consumer {
                             "returned the wrong number of results",
                         ),
                         Err(failure) => {
-                            self.slot.failed(&failure);
                             self.dead_letter(plugin, delivery, &format!("plugin {failure}"));
                         }
                     }
                 }
             }
+            // An open circuit: the records are dead-lettered (and so committed) unprocessed.
             Err(failure) => {
-                self.slot.failed(&failure);
-                let reason = format!("plugin {failure}");
-                for delivery in accepted {
-                    self.dead_letter(plugin, delivery, &reason);
-                }
+                self.dead_letter_all(plugin, accepted, &format!("plugin {failure}"));
             }
+        }
+    }
+
+    fn dead_letter_all(&self, plugin: &PluginHandle, deliveries: Vec<Delivery>, reason: &str) {
+        for delivery in deliveries {
+            self.dead_letter(plugin, delivery, reason);
         }
     }
 
     /// Why a record cannot be given to a plugin at all.
     fn defect(&self, record: &BusRecord) -> Option<String> {
-        if record.payload.len() > self.config.max_record_bytes {
+        let limit = self.pipeline.config.max_record_bytes;
+        if record.payload.len() > limit {
             return Some(format!(
-                "oversized: {} bytes, the limit is {}",
+                "oversized: {} bytes, the limit is {limit}",
                 record.payload.len(),
-                self.config.max_record_bytes
             ));
         }
         serde_json::from_str::<IgnoredAny>(&record.payload)
@@ -201,15 +233,16 @@ impl Consumer {
         match outcome {
             Ok(actions) => {
                 if !delivery.replay {
-                    self.recent.remember(&delivery.record);
+                    self.pipeline.recent.remember(&delivery.record);
                 }
                 let origin = if delivery.replay {
                     Origin::Replay
                 } else {
                     Origin::Live
                 };
-                self.dispatcher.apply(plugin, actions, origin);
-                self.metrics
+                self.pipeline.dispatcher.apply(plugin, actions, origin);
+                self.pipeline
+                    .metrics
                     .counter(
                         metrics::RECORDS,
                         &[
@@ -236,9 +269,13 @@ impl Consumer {
             ("plugin", plugin.as_str()),
             ("topic", record.topic.as_str()),
         ];
-        self.metrics.counter(metrics::RECORDS_FAILED, &labels).inc();
+        let pipeline = &self.pipeline;
+        pipeline
+            .metrics
+            .counter(metrics::RECORDS_FAILED, &labels)
+            .inc();
         let mut letter = BusRecord::now(
-            &self.config.dead_letter_topic,
+            &pipeline.config.dead_letter_topic,
             record.key.as_deref(),
             record.payload.clone(),
         );
@@ -255,8 +292,11 @@ impl Consumer {
                 .headers
                 .push(("x-flux-source-offset".into(), offset.to_string()));
         }
-        match self.bus.publish(letter) {
-            Ok(()) => self.metrics.counter(metrics::DEAD_LETTERS, &labels).inc(),
+        match pipeline.bus.publish(letter) {
+            Ok(()) => pipeline
+                .metrics
+                .counter(metrics::DEAD_LETTERS, &labels)
+                .inc(),
             Err(e) => tracing::error!(position = %record.position(), "cannot dead-letter: {e}"),
         }
         delivery.processed();
@@ -269,5 +309,34 @@ pub fn to_wit(record: &BusRecord) -> WitRecord {
         key: record.key.clone(),
         payload: record.payload.clone(),
         timestamp_ms: record.timestamp_ms,
+    }
+}
+
+/// The latest records per topic, replayed through a new version before it goes live.
+#[derive(Default)]
+struct RecentRecords {
+    by_topic: Mutex<HashMap<String, VecDeque<BusRecord>>>,
+}
+
+const CANARY_RECORDS_PER_TOPIC: usize = 16;
+
+impl RecentRecords {
+    fn remember(&self, record: &BusRecord) {
+        let mut by_topic = self.by_topic.lock();
+        let recent = by_topic.entry(record.topic.clone()).or_default();
+        if recent.len() == CANARY_RECORDS_PER_TOPIC {
+            recent.pop_front();
+        }
+        recent.push_back(record.clone());
+    }
+
+    fn for_topics(&self, topics: &[String]) -> Vec<WitRecord> {
+        let by_topic = self.by_topic.lock();
+        topics
+            .iter()
+            .filter_map(|topic| by_topic.get(topic))
+            .flatten()
+            .map(to_wit)
+            .collect()
     }
 }

@@ -5,9 +5,17 @@
 //! the active version once per batch, so a batch in flight finishes on the version it started
 //! with and every later batch goes to the new one. A new version is compiled off the async
 //! runtime, validated, and canaried (recent records of its topics replayed through it under its
-//! limits) before it is swapped in; a version that then fails repeatedly is rolled back.
+//! limits) before it is swapped in.
+//!
+//! This is the one owner of versions: loading, swapping, rolling back and unloading all
+//! happen here, one at a time under one lock, and every change of the active version goes
+//! through [`PluginSet::install`], which moves consumption to the version's declared topics and
+//! timers. The data path only reports: a version's guard tells [`PluginSet::supervise`] when
+//! its circuit opens, and a version that trips within `circuit.rollback_within_ms` of going
+//! live is rolled back to the one it replaced; one with nothing to go back to stays loaded
+//! with its circuit open.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,19 +26,10 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, BusRecord};
 use crate::cache::SnapshotCache;
-use crate::dispatch::Dispatcher;
 use crate::metrics::{self, Metrics};
-use crate::pipeline::{self, PipelineConfig};
-use crate::plugin::{CallFailure, PluginHandle, PluginRuntime, WIT_VERSION, WitRecord};
-
-/// Failures within `window` that roll a new version back.
-#[derive(Debug, Clone)]
-pub struct BreakerConfig {
-    pub failures: usize,
-    pub window: Duration,
-}
+use crate::pipeline::Pipeline;
+use crate::plugin::{GuardView, PluginHandle, PluginRuntime, Tripped, WIT_VERSION};
 
 /// One loaded version of a plugin.
 #[derive(Clone)]
@@ -39,59 +38,46 @@ pub struct Version {
     pub file: PathBuf,
     pub digest: String,
     pub loaded_at: SystemTime,
+    /// When it last became the active version.
+    live_since: Instant,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SlotState {
+    #[default]
     Active,
     RolledBack,
 }
 
-struct Health {
+/// How a slot came to run its active version.
+#[derive(Debug, Default)]
+struct Standing {
     state: SlotState,
     last_error: Option<String>,
-    failures: VecDeque<Instant>,
     /// The digest rolled back from: the same bytes are not loaded again.
     refused_digest: Option<String>,
 }
 
-impl Health {
-    fn fresh() -> Self {
-        Self {
-            state: SlotState::Active,
-            last_error: None,
-            failures: VecDeque::new(),
-            refused_digest: None,
-        }
-    }
-}
-
 /// A plugin name and its active version.
-pub struct Slot {
+struct Slot {
     active: RwLock<Version>,
+    /// The active version's handle, for the data path: read once per batch, tick or request.
+    live: watch::Sender<PluginHandle>,
     previous: Mutex<Option<Version>>,
-    health: Mutex<Health>,
-    breaker: BreakerConfig,
-    metrics: Arc<Metrics>,
+    standing: Mutex<Standing>,
     /// Stops the slot's current consumer and timers (between batches): sent when the slot's
     /// topics change (a new generation starts) or it is unloaded.
     stop: Mutex<watch::Sender<bool>>,
 }
 
 impl Slot {
-    /// The version to use for the next batch or request.
-    pub fn active(&self) -> PluginHandle {
-        self.active.read().handle.clone()
+    fn active(&self) -> PluginHandle {
+        self.live.borrow().clone()
     }
 
-    pub fn name(&self) -> String {
+    fn name(&self) -> String {
         self.active.read().handle.manifest.name.clone()
-    }
-
-    /// A receiver that turns `true` when the workers being started now should stop.
-    pub fn stopped(&self) -> watch::Receiver<bool> {
-        self.stop.lock().subscribe()
     }
 
     fn stop_workers(&self) {
@@ -99,59 +85,12 @@ impl Slot {
     }
 
     fn handles(&self, event: &str) -> bool {
-        self.active
-            .read()
-            .handle
+        self.live
+            .borrow()
             .manifest
             .handles
             .iter()
             .any(|e| e == event)
-    }
-
-    /// Counts a failed call of the active version; rolls back to the previous version when
-    /// the breaker trips. Returns whether it rolled back.
-    pub fn failed(&self, failure: &CallFailure) -> bool {
-        let mut health = self.health.lock();
-        health.last_error = Some(failure.to_string());
-        let now = Instant::now();
-        health.failures.push_back(now);
-        while health
-            .failures
-            .front()
-            .is_some_and(|at| now.duration_since(*at) > self.breaker.window)
-        {
-            health.failures.pop_front();
-        }
-        if health.failures.len() < self.breaker.failures {
-            return false;
-        }
-        let Some(previous) = self.previous.lock().take() else {
-            return false;
-        };
-        let bad = std::mem::replace(&mut *self.active.write(), previous);
-        let good = self.active.read().handle.manifest.version.clone();
-        let message = format!(
-            "version {} ({}) failed {} times within {:?} ({failure}); rolled back to {good}",
-            bad.handle.manifest.version,
-            short(&bad.digest),
-            health.failures.len(),
-            self.breaker.window,
-        );
-        tracing::error!(plugin = %bad.handle.manifest.name, "{message}");
-        health.state = SlotState::RolledBack;
-        health.last_error = Some(message);
-        health.failures.clear();
-        health.refused_digest = Some(bad.digest);
-        self.metrics
-            .counter(
-                metrics::PLUGIN_RELOADS,
-                &[
-                    ("plugin", &bad.handle.manifest.name),
-                    ("outcome", "rolled_back"),
-                ],
-            )
-            .inc();
-        true
     }
 }
 
@@ -179,35 +118,8 @@ pub struct SlotView {
     pub last_error: Option<String>,
     pub consumes: Vec<String>,
     pub handles: Vec<String>,
-}
-
-/// The latest records per topic, replayed through a new version before it goes live.
-#[derive(Default)]
-pub struct RecentRecords {
-    by_topic: Mutex<HashMap<String, VecDeque<BusRecord>>>,
-}
-
-const CANARY_RECORDS_PER_TOPIC: usize = 16;
-
-impl RecentRecords {
-    pub fn remember(&self, record: &BusRecord) {
-        let mut by_topic = self.by_topic.lock();
-        let recent = by_topic.entry(record.topic.clone()).or_default();
-        if recent.len() == CANARY_RECORDS_PER_TOPIC {
-            recent.pop_front();
-        }
-        recent.push_back(record.clone());
-    }
-
-    fn for_topics(&self, topics: &[String]) -> Vec<WitRecord> {
-        let by_topic = self.by_topic.lock();
-        topics
-            .iter()
-            .filter_map(|topic| by_topic.get(topic))
-            .flatten()
-            .map(pipeline::to_wit)
-            .collect()
-    }
+    #[serde(flatten)]
+    pub guard: GuardView,
 }
 
 /// What happened to a file.
@@ -229,13 +141,11 @@ type LoadFailure = (Option<String>, String);
 
 pub struct PluginSet {
     runtime: Arc<PluginRuntime>,
-    bus: Arc<dyn Bus>,
-    dispatcher: Arc<Dispatcher>,
+    pipeline: Pipeline,
     cache: Arc<SnapshotCache>,
     metrics: Arc<Metrics>,
-    pipeline: PipelineConfig,
-    breaker: BreakerConfig,
-    recent: Arc<RecentRecords>,
+    /// A version whose circuit opens this soon after going live is rolled back.
+    rollback_within: Duration,
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     /// The slots in name order, for the request path: cloned, never locked across a call.
     snapshot: RwLock<Arc<Vec<Arc<Slot>>>>,
@@ -248,22 +158,17 @@ pub struct PluginSet {
 impl PluginSet {
     pub fn new(
         runtime: Arc<PluginRuntime>,
-        bus: Arc<dyn Bus>,
-        dispatcher: Arc<Dispatcher>,
+        pipeline: Pipeline,
         cache: Arc<SnapshotCache>,
         metrics: Arc<Metrics>,
-        pipeline: PipelineConfig,
-        breaker: BreakerConfig,
+        rollback_within: Duration,
     ) -> Self {
         Self {
             runtime,
-            bus,
-            dispatcher,
+            pipeline,
             cache,
             metrics,
-            pipeline,
-            breaker,
-            recent: Arc::default(),
+            rollback_within,
             slots: Mutex::default(),
             snapshot: RwLock::default(),
             rejected: Mutex::default(),
@@ -272,14 +177,77 @@ impl PluginSet {
         }
     }
 
-    /// The plugins that handle client `event`, in name order, with their active versions.
-    pub fn handlers(&self, event: &str) -> Vec<(Arc<Slot>, PluginHandle)> {
+    /// The active versions of the plugins that handle client `event`, in name order.
+    pub fn handlers(&self, event: &str) -> Vec<PluginHandle> {
         self.snapshot
             .read()
             .iter()
             .filter(|slot| slot.handles(event))
-            .map(|slot| (slot.clone(), slot.active()))
+            .map(|slot| slot.active())
             .collect()
+    }
+
+    /// Acts on versions whose circuit opened, one at a time under the lock every other
+    /// version change takes, until the runtime is gone. Without it, circuits still open and
+    /// close but nothing is ever rolled back.
+    pub async fn supervise(self: Arc<Self>) {
+        let Some(mut trips) = self.runtime.take_trips() else {
+            return;
+        };
+        while let Some(trip) = trips.recv().await {
+            self.tripped(trip).await;
+        }
+    }
+
+    /// Rolls back a version that tripped soon after going live, if it is still the active
+    /// one and replaced another.
+    async fn tripped(&self, trip: Tripped) {
+        let _one_at_a_time = self.changing.lock().await;
+        let Some(slot) = self.slots.lock().get(&trip.plugin).cloned() else {
+            return;
+        };
+        let live_for = {
+            let active = slot.active.read();
+            if active.handle.id != trip.version_id {
+                return;
+            }
+            active.live_since.elapsed()
+        };
+        let previous = if live_for <= self.rollback_within {
+            slot.previous.lock().take()
+        } else {
+            None
+        };
+        let Some(previous) = previous else {
+            let message = format!(
+                "version {} opened its circuit ({}); nothing to roll back to, it stays loaded and is probed",
+                trip.version, trip.cause
+            );
+            tracing::warn!(plugin = %trip.plugin, "{message}");
+            slot.standing.lock().last_error = Some(message);
+            return;
+        };
+        let good = previous.handle.manifest.version.clone();
+        let bad = self.install(&slot, previous);
+        let message = format!(
+            "version {} ({}) opened its circuit {:?} after going live ({}); rolled back to {good}",
+            trip.version,
+            short(&bad.digest),
+            live_for,
+            trip.cause,
+        );
+        tracing::error!(plugin = %trip.plugin, "{message}");
+        *slot.standing.lock() = Standing {
+            state: SlotState::RolledBack,
+            last_error: Some(message),
+            refused_digest: Some(bad.digest),
+        };
+        self.metrics
+            .counter(
+                metrics::PLUGIN_RELOADS,
+                &[("plugin", &trip.plugin), ("outcome", "rolled_back")],
+            )
+            .inc();
     }
 
     pub fn len(&self) -> usize {
@@ -381,7 +349,7 @@ impl PluginSet {
             if slot.active.read().digest == digest {
                 return Ok(LoadOutcome::Unchanged(name));
             }
-            if slot.health.lock().refused_digest.as_deref() == Some(digest.as_str()) {
+            if slot.standing.lock().refused_digest.as_deref() == Some(digest.as_str()) {
                 return Err((
                     Some(name),
                     "this build was rolled back; fix it and save again".into(),
@@ -419,6 +387,7 @@ impl PluginSet {
             file: file.to_owned(),
             digest,
             loaded_at: SystemTime::now(),
+            live_since: Instant::now(),
         };
         let outcome = match existing {
             Some(slot) => self.swap(&slot, version),
@@ -436,7 +405,7 @@ impl PluginSet {
     /// Replays recent records of the plugin's topics through it: a version that traps on what
     /// production is sending right now never goes live.
     async fn canary(&self, handle: &PluginHandle) -> Result<(), String> {
-        let records = self.recent.for_topics(&handle.manifest.consumes);
+        let records = self.pipeline.recent_records(&handle.manifest.consumes);
         if records.is_empty() {
             return Ok(());
         }
@@ -451,11 +420,10 @@ impl PluginSet {
     fn add(&self, version: Version) -> LoadOutcome {
         let name = version.handle.manifest.name.clone();
         let slot = Arc::new(Slot {
+            live: watch::channel(version.handle.clone()).0,
             active: RwLock::new(version),
             previous: Mutex::new(None),
-            health: Mutex::new(Health::fresh()),
-            breaker: self.breaker.clone(),
-            metrics: self.metrics.clone(),
+            standing: Mutex::default(),
             stop: Mutex::new(watch::channel(false).0),
         });
         self.start_workers(&slot);
@@ -464,49 +432,41 @@ impl PluginSet {
         LoadOutcome::Added(name)
     }
 
-    fn swap(&self, slot: &Arc<Slot>, version: Version) -> LoadOutcome {
+    fn swap(&self, slot: &Slot, version: Version) -> LoadOutcome {
         let name = version.handle.manifest.name.clone();
         let to = version.handle.manifest.version.clone();
-        let old = std::mem::replace(&mut *slot.active.write(), version);
+        let old = self.install(slot, version);
         let from = old.handle.manifest.version.clone();
-        let changed = {
-            let new = &slot.active.read().handle.manifest;
-            old.handle.manifest.consumes != new.consumes || old.handle.manifest.timers != new.timers
-        };
         *slot.previous.lock() = Some(old);
-        *slot.health.lock() = Health::fresh();
-        if changed {
-            // Consumption follows the declared topics: the old workers stop between batches
-            // and a new generation subscribes to the new topics.
-            tracing::info!(plugin = %name, "declared topics or timers changed; consumption follows");
+        *slot.standing.lock() = Standing::default();
+        LoadOutcome::Replaced { name, from, to }
+    }
+
+    /// Makes `version` the slot's active version — the one place that does — and returns the
+    /// version it replaced. Consumption follows the declared topics and timers: when they
+    /// differ, the old workers stop between batches and a new generation subscribes.
+    fn install(&self, slot: &Slot, mut version: Version) -> Version {
+        version.live_since = Instant::now();
+        let handle = version.handle.clone();
+        let old = std::mem::replace(&mut *slot.active.write(), version);
+        slot.live.send_replace(handle.clone());
+        let (before, after) = (&old.handle.manifest, &handle.manifest);
+        if before.consumes != after.consumes || before.timers != after.timers {
+            tracing::info!(plugin = %after.name, "declared topics or timers changed; consumption follows");
             slot.stop_workers();
             *slot.stop.lock() = watch::channel(false).0;
             self.start_workers(slot);
         }
-        LoadOutcome::Replaced { name, from, to }
+        old
     }
 
-    fn start_workers(&self, slot: &Arc<Slot>) {
-        let manifest = slot.active().manifest;
-        let topics = manifest
-            .consumes
-            .iter()
-            .chain(&manifest.publishes)
-            .cloned()
-            .collect();
-        self.bus.prepare_topics(topics);
+    fn start_workers(&self, slot: &Slot) {
+        let stopped = slot.stop.lock().subscribe();
         let mut workers = self.workers.lock();
         // Workers of stopped generations are reaped here.
         while workers.try_join_next().is_some() {}
-        pipeline::start(
-            slot.clone(),
-            self.bus.clone(),
-            self.dispatcher.clone(),
-            self.metrics.clone(),
-            self.recent.clone(),
-            &self.pipeline,
-            &mut workers,
-        );
+        self.pipeline
+            .start(&slot.live.subscribe(), &stopped, &mut workers);
     }
 
     /// Unloads the plugin loaded from `file`: its rooms stop getting events, its cache is
@@ -520,7 +480,7 @@ impl PluginSet {
         Some(name)
     }
 
-    fn unload(&self, slot: &Arc<Slot>) -> String {
+    fn unload(&self, slot: &Slot) -> String {
         let name = slot.name();
         self.slots.lock().remove(&name);
         slot.stop_workers();
@@ -555,7 +515,7 @@ impl PluginSet {
             .iter()
             .map(|slot| {
                 let active = slot.active.read();
-                let health = slot.health.lock();
+                let standing = slot.standing.lock();
                 let m = &active.handle.manifest;
                 SlotView {
                     name: m.name.clone(),
@@ -563,11 +523,12 @@ impl PluginSet {
                     wit_version: WIT_VERSION,
                     digest: active.digest.clone(),
                     file: active.file.display().to_string(),
-                    state: health.state,
+                    state: standing.state,
                     loaded_at_ms: unix_ms(active.loaded_at),
-                    last_error: health.last_error.clone(),
+                    last_error: standing.last_error.clone(),
                     consumes: m.consumes.clone(),
                     handles: m.handles.clone(),
+                    guard: active.handle.guard.view(),
                 }
             })
             .collect();

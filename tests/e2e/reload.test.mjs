@@ -16,20 +16,27 @@ snapshot_every_ms = 60000
 answer_after_ms = 20
 [reload]
 debounce_ms = 50
-rollback_after_failures = 3
-rollback_window_ms = 10000
+[circuit]
+failures = 3
+window_ms = 10000
 `;
 
 const relayBuild = readFileSync(join(wasmDir, "flux_fixture_relay.wasm"));
 const MARKER = Buffer.from("FLUXTAG:v0000000");
+const ARM_MARKER = Buffer.from("FLUXARM:0000000000000000");
 
-/** The relay fixture with its 8-character tag patched: a distinct version per tag. */
-function relay(tag) {
+/**
+ * The relay fixture with its 8-character tag patched: a distinct version per tag. A `trap`
+ * version fails on every record stamped from `armedAt` (unix ms) on.
+ */
+function relay(tag, armedAt = 0) {
   assert.equal(tag.length, 8);
-  const at = relayBuild.indexOf(MARKER);
-  assert.ok(at >= 0, "the relay fixture carries its marker");
   const patched = Buffer.from(relayBuild);
-  Buffer.from(`FLUXTAG:${tag}`).copy(patched, at);
+  for (const [marker, value] of [[MARKER, `FLUXTAG:${tag}`], [ARM_MARKER, `FLUXARM:${String(armedAt).padStart(16, "0")}`]]) {
+    const at = relayBuild.indexOf(marker);
+    assert.ok(at >= 0, `the relay fixture carries its marker ${marker}`);
+    Buffer.from(value).copy(patched, at);
+  }
   return patched;
 }
 
@@ -139,19 +146,22 @@ test("a version that starts trapping after deploy is rolled back automatically",
   deploy(dir, "relay.wasm", relay("v0000001"));
   await nextEvent(client, "relayTick", tagged("v0000001"));
 
-  deploy(dir, "relay.wasm", relay("trap0002"));
+  // Passes its canary and serves for a second, then fails on every record.
+  const broken = relay("trap0002", Date.now() + 1_000);
+  deploy(dir, "relay.wasm", broken);
   await nextEvent(client, "relayTick", tagged("trap0002"));
   const view = await eventually(
     async () => (await admin()).plugins.find((p) => p.name === "relay" && p.state === "rolled_back"),
     { what: "the rollback" },
   );
   assert.equal(view.version, "v0000001");
-  assert.match(view.last_error, /trap0002.*rolled back to v0000001/);
+  assert.equal(view.circuit, "closed", "the version rolled back to is served");
+  assert.match(view.last_error, /trap0002.*opened its circuit.*rolled back to v0000001/);
   const since = client.received.length;
   await nextEvent(client, "relayTick", { ...tagged("v0000001"), since });
   assert.equal(await gateway.metric("flux_plugin_reloads_total", 'plugin="relay",outcome="rolled_back"'), 1);
   // The same broken bytes are not loaded again.
-  deploy(dir, "relay.wasm", relay("trap0002"));
+  deploy(dir, "relay.wasm", broken);
   const refused = await eventually(async () => (await admin()).rejected.find((r) => r.file.endsWith("relay.wasm")), {
     what: "the rolled-back build to be refused",
   });
@@ -191,4 +201,62 @@ test("a version that declares other topics: consumption follows", async (t) => {
   const after = ticks({ received: client.received.slice(since) });
   assert.ok(after.length > 0, "news keeps flowing");
   assert.ok(after.every((tick) => tick.topic === "news.service.event.updated"), "the ticker is no longer consumed");
+});
+
+test("a rollback across a change of topics: consumption follows the version rolled back to", async (t) => {
+  const { dir, open, admin } = await setup(t, GATEWAY.replace("snapshot_every_ms = 60000", "snapshot_every_ms = 200"));
+  const client = await open();
+  await request(client, "relayJoin");
+  await nextEvent(client, "relayTick", tagged("v0000000"));
+
+  deploy(dir, "relay.wasm", relay("newstrap", Date.now() + 1_500));
+  const news = await nextEvent(client, "relayTick", tagged("newstrap"));
+  assert.equal(news.data.topic, "news.service.event.updated");
+  const view = await eventually(
+    async () => (await admin()).plugins.find((p) => p.name === "relay" && p.state === "rolled_back"),
+    { what: "the rollback" },
+  );
+  assert.equal(view.version, "v0000000");
+  assert.deepEqual(view.consumes, ["crypto.service.event.ticker"]);
+  const since = client.received.length;
+  const back = await nextEvent(client, "relayTick", { ...tagged("v0000000"), since });
+  assert.equal(back.data.topic, "crypto.service.event.ticker", "the ticker is consumed again");
+  await sleep(600);
+  const after = ticks({ received: client.received.slice(since) });
+  assert.ok(after.length > 10, `the ticker flows: ${after.length} ticks`);
+  assert.ok(after.every((tick) => tick.tag === "v0000000"), "nothing reaches the rolled-back version");
+});
+
+test("client requests that make a plugin trap never roll a healthy version back", async (t) => {
+  const { dir, gateway, open, admin } = await setup(t, `${GATEWAY}
+[socket]
+events_per_sec = 1000
+event_burst = 1000
+`);
+  const attacker = await open();
+  const user = await open();
+  await request(user, "relayJoin");
+  deploy(dir, "relay.wasm", relay("v0000001"));
+  await nextEvent(user, "relayTick", tagged("v0000001"));
+
+  for (let i = 0; i < 20; i++) {
+    const answer = await request(attacker, "relayCrash");
+    assert.equal(answer.status, "error");
+    assert.doesNotMatch(answer.message, /panic|trap|wasm/i, "no internals reach the client");
+  }
+  assert.ok((await gateway.metric("flux_plugin_errors_total", 'plugin="relay",kind="trap"')) >= 20);
+  const view = (await admin()).plugins.find((p) => p.name === "relay");
+  assert.equal(view.version, "v0000001");
+  assert.equal(view.state, "active");
+  assert.equal(view.circuit, "closed");
+  assert.equal(view.failures_in_window, 1, "one socket is charged once per window");
+  assert.equal((await request(user, "relayJoin")).data.tag, "v0000001", "other users are served");
+  assert.equal(await gateway.metric("flux_plugin_reloads_total", 'plugin="relay",outcome="rolled_back"'), 0);
+
+  // A real fault of a new version still rolls it back.
+  deploy(dir, "relay.wasm", relay("trap0002", Date.now() + 1_000));
+  await eventually(
+    async () => (await admin()).plugins.find((p) => p.name === "relay" && p.state === "rolled_back" && p.version === "v0000001"),
+    { what: "the rollback of the faulty version" },
+  );
 });

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use flux_gateway::bus::{Bus, BusRecord, EmbeddedBus, StartAt};
 use flux_gateway::cache::SnapshotCache;
-use flux_gateway::config::{PluginLimits, PluginPolicy, Policies};
+use flux_gateway::config::{CircuitConfig, PluginLimits, PluginPolicy, Policies};
 use flux_gateway::dispatch::{Dispatcher, Origin};
 use flux_gateway::metrics::{self, Metrics};
-use flux_gateway::pipeline::PipelineConfig;
+use flux_gateway::pipeline::{Pipeline, PipelineConfig};
 use flux_gateway::plugin::{
-    Action, CallFailure, ClientRequest, LoadError, PluginHandle, PluginRuntime, PrecompiledCache,
-    WitRecord,
+    Action, CallFailure, Caller, CircuitState, ClientRequest, LoadError, PluginHandle,
+    PluginRuntime, PrecompiledCache, WitRecord,
 };
-use flux_gateway::plugins::{BreakerConfig, PluginSet};
+use flux_gateway::plugins::PluginSet;
 use flux_tests::wasm;
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -31,6 +31,10 @@ fn host() -> Host {
 }
 
 fn host_with(plugins: BTreeMap<String, PluginPolicy>) -> Host {
+    host_with_circuit(plugins, CircuitConfig::default())
+}
+
+fn host_with_circuit(plugins: BTreeMap<String, PluginPolicy>, circuit: CircuitConfig) -> Host {
     let metrics = Arc::new(Metrics::default());
     let cache = Arc::new(SnapshotCache::new(1 << 20, Default::default()));
     let defaults = PluginLimits {
@@ -42,7 +46,11 @@ fn host_with(plugins: BTreeMap<String, PluginPolicy>) -> Host {
         ..PluginLimits::default()
     };
     let runtime = PluginRuntime::new(
-        Policies { defaults, plugins },
+        Policies {
+            defaults,
+            plugins,
+            circuit,
+        },
         None,
         cache.clone(),
         metrics.clone(),
@@ -73,7 +81,13 @@ async fn crypto_still_serves(crypto: &PluginHandle) {
     };
     let actions = tokio::time::timeout(
         Duration::from_secs(5),
-        crypto.on_request(Arc::new(request), None),
+        crypto.on_request(
+            Arc::new(request),
+            Caller {
+                principal: None,
+                socket: 1,
+            },
+        ),
     )
     .await
     .expect("crypto answers in time")
@@ -195,44 +209,137 @@ async fn an_emit_into_an_undeclared_room_is_refused() {
     assert_eq!(errors(&host, "invalid_action"), 1);
 }
 
+/// A plugin set on the embedded bus, as the gateway runs it: records go in on
+/// `fixture.commands`, dead letters come out on `dead.letters`.
+struct LiveSet {
+    metrics: Arc<Metrics>,
+    bus: Arc<dyn Bus>,
+    plugins: Arc<PluginSet>,
+    dir: std::path::PathBuf,
+}
+
+impl LiveSet {
+    fn new(host: Host, name: &str) -> Self {
+        let (_layer, io) = socketioxide::SocketIo::new_layer();
+        let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(host.metrics.clone()));
+        let dispatcher = Arc::new(Dispatcher::new(
+            io,
+            bus.clone(),
+            host.cache.clone(),
+            host.metrics.clone(),
+            Duration::from_secs(1),
+            1 << 20,
+        ));
+        let config = PipelineConfig {
+            max_batch: 64,
+            max_record_bytes: 64,
+            dead_letter_topic: "dead.letters".into(),
+            start: StartAt::Committed,
+        };
+        let pipeline = Pipeline::new(bus.clone(), dispatcher, host.metrics.clone(), config);
+        let plugins = Arc::new(PluginSet::new(
+            Arc::new(host.runtime),
+            pipeline,
+            host.cache.clone(),
+            host.metrics.clone(),
+            Duration::from_secs(60),
+        ));
+        tokio::spawn(plugins.clone().supervise());
+        let dir = std::env::temp_dir().join(format!("flux-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self {
+            metrics: host.metrics,
+            bus,
+            plugins,
+            dir,
+        }
+    }
+
+    /// Subscribe before sending: the dead letters of what is sent afterwards.
+    fn dead_letters(&self) -> tokio::sync::mpsc::Receiver<flux_gateway::bus::Delivery> {
+        self.bus
+            .subscribe("dlq", &["dead.letters".into()], StartAt::Committed)
+    }
+
+    async fn load(&self, guest: &str) {
+        let file = self.dir.join(format!("{guest}.wasm"));
+        std::fs::write(&file, wasm(guest)).unwrap();
+        assert!(self.plugins.load_file(&file).await.is_some());
+    }
+
+    fn send(&self, payload: &str) {
+        self.bus
+            .publish(BusRecord::now(
+                "fixture.commands",
+                None,
+                payload.to_string(),
+            ))
+            .unwrap();
+    }
+
+    /// Waits until `count` records are processed or dead-lettered; returns (processed, failed).
+    async fn settled(&self, count: u64) -> (u64, u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (done, failed) = self.records();
+            if done + failed >= count || Instant::now() > deadline {
+                return (done, failed);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn records(&self) -> (u64, u64) {
+        let labels = [("plugin", "misbehave"), ("topic", "fixture.commands")];
+        (
+            self.metrics.counter(metrics::RECORDS, &labels).get(),
+            self.metrics.counter(metrics::RECORDS_FAILED, &labels).get(),
+        )
+    }
+
+    fn view(&self) -> flux_gateway::plugins::SlotView {
+        self.plugins.views().0.remove(0)
+    }
+
+    fn errors(&self, kind: &str) -> u64 {
+        self.metrics
+            .counter(
+                metrics::PLUGIN_ERRORS,
+                &[("plugin", "misbehave"), ("kind", kind)],
+            )
+            .get()
+    }
+}
+
+async fn next_dead_letter_reason(
+    dead_letters: &mut tokio::sync::mpsc::Receiver<flux_gateway::bus::Delivery>,
+) -> String {
+    let letter = tokio::time::timeout(Duration::from_secs(5), dead_letters.recv())
+        .await
+        .expect("a dead letter in time")
+        .expect("the bus is open");
+    let header = |name: &str| {
+        letter
+            .record
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("x-flux-source-topic").as_deref(),
+        Some("fixture.commands")
+    );
+    assert_eq!(header("x-flux-plugin").as_deref(), Some("misbehave"));
+    header("x-flux-reason").expect("a reason")
+}
+
 #[tokio::test]
 async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
     let host = host();
-    let (_layer, io) = socketioxide::SocketIo::new_layer();
-    let bus: Arc<dyn Bus> = Arc::new(EmbeddedBus::new(host.metrics.clone()));
-    let dispatcher = Arc::new(Dispatcher::new(
-        io,
-        bus.clone(),
-        host.cache.clone(),
-        host.metrics.clone(),
-        Duration::from_secs(1),
-        1 << 20,
-    ));
-    let mut dead_letters = bus.subscribe("dlq", &["dead.letters".into()], StartAt::Committed);
-    let config = PipelineConfig {
-        max_batch: 64,
-        max_record_bytes: 64,
-        dead_letter_topic: "dead.letters".into(),
-        start: StartAt::Committed,
-    };
-    let breaker = BreakerConfig {
-        failures: 100,
-        window: Duration::from_secs(1),
-    };
-    let plugins = PluginSet::new(
-        Arc::new(host.runtime),
-        bus.clone(),
-        dispatcher,
-        host.cache.clone(),
-        host.metrics.clone(),
-        config,
-        breaker,
-    );
-    let dir = std::env::temp_dir().join(format!("flux-poison-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("misbehave.wasm");
-    std::fs::write(&file, wasm("flux_fixture_misbehave")).unwrap();
-    assert!(plugins.load_file(&file).await.is_some());
+    let live = LiveSet::new(host, "poison");
+    let mut dead_letters = live.dead_letters();
+    live.load("flux_fixture_misbehave").await;
 
     let oversized = format!("\"{}\"", "x".repeat(100));
     let payloads = [
@@ -246,47 +353,15 @@ async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
         "\"ok\"",
     ];
     for payload in payloads {
-        bus.publish(BusRecord::now(
-            "fixture.commands",
-            None,
-            payload.to_string(),
-        ))
-        .unwrap();
+        live.send(payload);
     }
-    let labels = [("plugin", "misbehave"), ("topic", "fixture.commands")];
-    let done = host.metrics.counter(metrics::RECORDS, &labels);
-    let failed = host.metrics.counter(metrics::RECORDS_FAILED, &labels);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while done.get() + failed.get() < 8 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(done.get(), 4, "every good record is processed");
-    assert_eq!(
-        failed.get(),
-        4,
-        "panic, unknown command, not JSON, oversized"
-    );
+    let (done, failed) = live.settled(8).await;
+    assert_eq!(done, 4, "every good record is processed");
+    assert_eq!(failed, 4, "panic, unknown command, not JSON, oversized");
 
     let mut reasons = Vec::new();
     for _ in 0..4 {
-        let letter = tokio::time::timeout(Duration::from_secs(5), dead_letters.recv())
-            .await
-            .expect("a dead letter in time")
-            .expect("the bus is open");
-        let header = |name: &str| {
-            letter
-                .record
-                .headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        };
-        assert_eq!(
-            header("x-flux-source-topic").as_deref(),
-            Some("fixture.commands")
-        );
-        assert_eq!(header("x-flux-plugin").as_deref(), Some("misbehave"));
-        reasons.push(header("x-flux-reason").expect("a reason"));
+        reasons.push(next_dead_letter_reason(&mut dead_letters).await);
     }
     reasons.sort();
     assert!(reasons[0].starts_with("not JSON"), "{reasons:?}");
@@ -295,6 +370,212 @@ async fn a_poison_record_in_a_batch_costs_only_itself_and_is_dead_lettered() {
     assert!(
         reasons[3].starts_with("unknown fixture command"),
         "{reasons:?}"
+    );
+}
+
+fn quick_circuit() -> CircuitConfig {
+    CircuitConfig {
+        failures: 3,
+        window_ms: 10_000,
+        open_ms: 60_000,
+        max_open_ms: 60_000,
+        ..CircuitConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn a_looping_plugin_opens_its_circuit_and_its_records_are_dead_lettered_unrun() {
+    let live = LiveSet::new(host_with_circuit(BTreeMap::new(), quick_circuit()), "loop");
+    let mut dead_letters = live.dead_letters();
+    live.load("flux_fixture_misbehave").await;
+    for _ in 0..10 {
+        live.send("\"loop\"");
+    }
+    for _ in 0..20 {
+        live.send("\"ok\"");
+    }
+    assert_eq!(
+        live.settled(30).await,
+        (0, 30),
+        "nothing runs while the circuit is open"
+    );
+    assert_eq!(
+        live.errors("timeout"),
+        3,
+        "three calls run to the deadline, then none"
+    );
+    let view = live.view();
+    assert_eq!(view.guard.circuit, CircuitState::Open);
+    assert_eq!(view.guard.opened_total, 1);
+    assert!(view.guard.retry_in_ms > 50_000);
+    let mut refused = 0;
+    for _ in 0..30 {
+        let reason = next_dead_letter_reason(&mut dead_letters).await;
+        if reason.contains("circuit is open") {
+            refused += 1;
+        } else {
+            assert!(reason.contains("deadline"), "{reason}");
+        }
+    }
+    assert!(refused >= 27, "{refused} refused unrun");
+    assert_eq!(
+        live.metrics
+            .counter(
+                metrics::PLUGIN_CALLS_REFUSED,
+                &[("plugin", "misbehave"), ("reason", "circuit_open")]
+            )
+            .get(),
+        refused,
+    );
+}
+
+#[tokio::test]
+async fn a_half_open_probe_closes_the_circuit_once_the_fault_is_gone() {
+    let circuit = CircuitConfig {
+        open_ms: 200,
+        max_open_ms: 400,
+        ..quick_circuit()
+    };
+    let live = LiveSet::new(host_with_circuit(BTreeMap::new(), circuit), "probe");
+    live.load("flux_fixture_misbehave").await;
+    for _ in 0..5 {
+        live.send("\"panic\"");
+    }
+    assert_eq!(live.settled(5).await, (0, 5));
+    assert_eq!(live.view().guard.circuit, CircuitState::Open);
+
+    // The fault was transient: good records again. The first after the backoff is the probe.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while live.records().0 == 0 && Instant::now() < deadline {
+        live.send("\"ok\"");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(live.records().0 >= 1, "a probe got through");
+    let view = live.view();
+    assert_eq!(view.guard.circuit, CircuitState::Closed);
+    assert_eq!(view.guard.opened_total, 1);
+    let (done, failed) = live.records();
+    for _ in 0..10 {
+        live.send("\"ok\"");
+    }
+    assert_eq!(
+        live.settled(done + failed + 10).await,
+        (done + 10, failed),
+        "closed: every record runs"
+    );
+}
+
+fn crash_request() -> Arc<ClientRequest> {
+    Arc::new(ClientRequest {
+        event: "relayCrash".into(),
+        payload: "null".into(),
+        user_id: None,
+    })
+}
+
+async fn ask(plugin: &PluginHandle, socket: u64) -> Result<(), CallFailure> {
+    let caller = Caller {
+        principal: None,
+        socket,
+    };
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        plugin.on_request(crash_request(), caller),
+    )
+    .await
+    .expect("answers in time")
+    .map(|_| ())
+}
+
+#[tokio::test]
+async fn request_failures_are_charged_once_per_socket_and_an_open_circuit_refuses_at_once() {
+    let host = host_with_circuit(BTreeMap::new(), quick_circuit());
+    let relay = host.runtime.load(&wasm("flux_fixture_relay")).unwrap();
+    for _ in 0..20 {
+        assert!(matches!(ask(&relay, 1).await, Err(CallFailure::Trap(_))));
+    }
+    let view = relay.guard.view();
+    assert_eq!(
+        view.circuit,
+        CircuitState::Closed,
+        "one socket cannot open it"
+    );
+    assert_eq!(view.failures_in_window, 1);
+
+    assert!(matches!(ask(&relay, 2).await, Err(CallFailure::Trap(_))));
+    assert!(matches!(ask(&relay, 3).await, Err(CallFailure::Trap(_))));
+    assert_eq!(relay.guard.view().circuit, CircuitState::Open);
+    let traps = host
+        .metrics
+        .counter(
+            metrics::PLUGIN_ERRORS,
+            &[("plugin", "relay"), ("kind", "trap")],
+        )
+        .get();
+    assert_eq!(ask(&relay, 4).await, Err(CallFailure::CircuitOpen));
+    assert_eq!(
+        host.metrics
+            .counter(
+                metrics::PLUGIN_ERRORS,
+                &[("plugin", "relay"), ("kind", "trap")]
+            )
+            .get(),
+        traps,
+        "refused without running the guest"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_over_its_cpu_budget_waits_for_records_and_is_refused_requests() {
+    let budget = PluginPolicy {
+        cpu_ms_per_sec: Some(50),
+        ..PluginPolicy::default()
+    };
+    let circuit = CircuitConfig {
+        failures: 1_000,
+        ..quick_circuit()
+    };
+    let host = host_with_circuit(BTreeMap::from([("misbehave".into(), budget)]), circuit);
+    let (fixture, crypto) = load_both(&host);
+    // One call runs to the 100 ms deadline: twice the plugin's 50 ms per second.
+    assert_eq!(
+        fixture.on_records(vec![record("loop")]).await.err(),
+        Some(CallFailure::Timeout)
+    );
+    assert_eq!(
+        fixture
+            .on_request(
+                crash_request(),
+                Caller {
+                    principal: None,
+                    socket: 1
+                }
+            )
+            .await
+            .map(|_| ()),
+        Err(CallFailure::OverBudget)
+    );
+    let started = Instant::now();
+    fixture_recovers(&fixture).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the next record waited for the budget: {:?}",
+        started.elapsed()
+    );
+    let throttled = |plugin| {
+        host.metrics
+            .counter(metrics::PLUGIN_CPU_THROTTLED, &[("plugin", plugin)])
+            .get()
+    };
+    assert_eq!(throttled("misbehave"), 1);
+    crypto_still_serves(&crypto).await;
+    assert_eq!(throttled("crypto"), 0, "the budget is per plugin");
+    assert!(
+        host.metrics
+            .counter(metrics::PLUGIN_SLOW_CALLS, &[("plugin", "misbehave")])
+            .get()
+            >= 1,
+        "a call past half its deadline is reported as slow"
     );
 }
 

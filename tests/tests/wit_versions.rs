@@ -9,7 +9,9 @@ use flux_gateway::auth::Principal;
 use flux_gateway::cache::SnapshotCache;
 use flux_gateway::config::Policies;
 use flux_gateway::metrics::Metrics;
-use flux_gateway::plugin::{Action, ClientRequest, PluginHandle, PluginRuntime, WIT_VERSION};
+use flux_gateway::plugin::{
+    Action, Caller, ClientRequest, PluginHandle, PluginRuntime, WIT_VERSION,
+};
 use flux_tests::wasm;
 use serde_json::Value;
 
@@ -32,7 +34,13 @@ async fn first_reply(plugin: &PluginHandle, event: &str, caller: Option<Principa
     });
     let actions = tokio::time::timeout(
         Duration::from_secs(5),
-        plugin.on_request(request, caller.map(Arc::new)),
+        plugin.on_request(
+            request,
+            Caller {
+                principal: caller.map(Arc::new),
+                socket: 1,
+            },
+        ),
     )
     .await
     .expect("answers in time")

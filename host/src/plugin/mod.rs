@@ -3,15 +3,18 @@
 //! [`runtime`] compiles and runs them under limits; [`Manifest`] is a plugin's validated
 //! `describe()` — the authority against which every action it returns is checked.
 
+pub mod circuit;
 pub mod precompiled;
 pub mod runtime;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+pub use circuit::{CircuitState, GuardView, Tripped};
 pub use precompiled::PrecompiledCache;
 pub use runtime::{
-    Answer, CallFailure, LoadError, PluginHandle, PluginInstance, PluginRuntime, RecordOutcome,
+    Answer, CallFailure, Caller, LoadError, PluginHandle, PluginInstance, PluginRuntime,
+    RecordOutcome,
 };
 
 /// Host bindings for the `plugin` world: the one place generated from `wit/`.

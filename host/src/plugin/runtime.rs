@@ -8,9 +8,10 @@
 //! runtime's threads.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
@@ -19,6 +20,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::flux::gateway::caller::Principal as WitPrincipal;
 use super::bindings::flux::gateway::host::LogLevel;
 use super::bindings::{Plugin, PluginPre};
+use super::circuit::{Blame, Guard, GuardIdentity, Refusal, Tripped};
 use super::precompiled::{Cached, PrecompiledCache};
 use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord};
 use crate::auth::Principal;
@@ -68,17 +70,27 @@ pub enum CallFailure {
     Trap(String),
     #[error("is not running")]
     Unavailable,
+    /// Not called: its circuit is open.
+    #[error("is temporarily unavailable (its circuit is open)")]
+    CircuitOpen,
+    /// Not called: it used up its CPU budget.
+    #[error("is over its CPU budget")]
+    OverBudget,
+}
+
+impl From<Refusal> for CallFailure {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::CircuitOpen => Self::CircuitOpen,
+            Refusal::CpuBudget => Self::OverBudget,
+        }
+    }
 }
 
 impl CallFailure {
-    /// The `kind` label of `flux_plugin_errors_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Timeout => "timeout",
-            Self::OutOfMemory => "memory",
-            Self::Trap(_) => "trap",
-            Self::Unavailable => "unavailable",
-        }
+    /// Whether the guest was not called at all (and so did nothing wrong this time).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::CircuitOpen | Self::OverBudget)
     }
 }
 
@@ -93,6 +105,10 @@ pub struct PluginRuntime {
     cache: Arc<SnapshotCache>,
     metrics: Arc<Metrics>,
     ticker_stop: Arc<AtomicBool>,
+    /// Versions whose circuit opened, for the plugin set (taken once).
+    trips: mpsc::UnboundedSender<Tripped>,
+    tripped: Mutex<Option<mpsc::UnboundedReceiver<Tripped>>>,
+    next_version_id: AtomicU64,
 }
 
 impl Drop for PluginRuntime {
@@ -129,6 +145,7 @@ impl PluginRuntime {
                     ticking.increment_epoch();
                 }
             })?;
+        let (trips, tripped) = mpsc::unbounded_channel();
         Ok(Self {
             engine,
             linker,
@@ -137,7 +154,16 @@ impl PluginRuntime {
             cache,
             metrics,
             ticker_stop,
+            trips,
+            tripped: Mutex::new(Some(tripped)),
+            next_version_id: AtomicU64::new(1),
         })
+    }
+
+    /// The versions whose circuit opens, as they do: for the one owner of plugin versions.
+    /// `None` after the first call.
+    pub fn take_trips(&self) -> Option<mpsc::UnboundedReceiver<Tripped>> {
+        self.tripped.lock().take()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -148,14 +174,30 @@ impl PluginRuntime {
     /// Blocking (compilation takes milliseconds to seconds): call it off the async runtime.
     pub fn load(&self, wasm: &[u8]) -> Result<PluginHandle, LoadError> {
         let (instance, manifest, limits) = self.prepare(wasm)?;
+        let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
+        let guard = Arc::new(Guard::new(
+            GuardIdentity {
+                plugin: &manifest.name,
+                version: &manifest.version,
+                version_id: id,
+            },
+            self.policies.circuit.clone(),
+            limits.cpu_per_sec(),
+            limits.call_timeout(),
+            &self.metrics,
+            Some(self.trips.clone()),
+        ));
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
+        let worker_guard = guard.clone();
         std::thread::Builder::new()
             .name(format!("plugin-{}", manifest.name))
-            .spawn(move || serve(instance, queue))
+            .spawn(move || serve(instance, &worker_guard, queue))
             .map_err(|e| LoadError::Link(format!("cannot start its worker thread: {e}")))?;
         Ok(PluginHandle {
+            id,
             manifest,
             limits,
+            guard,
             jobs,
         })
     }
@@ -299,13 +341,17 @@ fn deadline_ticks(timeout: Duration) -> u64 {
     timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
-/// A loaded plugin: its manifest and the queue to its worker. Clones share the worker, which
-/// stops when the last clone is dropped.
+/// A loaded plugin version: its manifest, its guard and the queue to its worker. Clones share
+/// the worker, which stops when the last clone is dropped.
 #[derive(Clone)]
 pub struct PluginHandle {
+    /// Unique per loaded version in this process.
+    pub id: u64,
     pub manifest: Arc<Manifest>,
     /// This plugin's limits and policies (`[limits]` with its `[plugins.NAME]` overrides).
     pub limits: Arc<PluginLimits>,
+    /// This version's circuit and CPU budget.
+    pub guard: Arc<Guard>,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -336,33 +382,52 @@ enum Job {
     ),
     Request(
         Arc<ClientRequest>,
-        Option<Arc<Principal>>,
+        Caller,
         oneshot::Sender<Result<Answer, CallFailure>>,
     ),
     Timer(String, oneshot::Sender<Result<Vec<Action>, CallFailure>>),
 }
 
+/// Who sent a client request: the principal the guest's `caller.current()` returns, and the
+/// socket its failures are charged to.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Option<Arc<Principal>>,
+    pub socket: u64,
+}
+
 impl PluginHandle {
+    /// Runs records through the plugin, once it is within its CPU budget.
     pub async fn on_records(
         &self,
         records: Vec<WitRecord>,
     ) -> Result<Vec<RecordOutcome>, CallFailure> {
+        self.within_budget().await;
         self.ask(|reply| Job::Records(records, reply)).await
     }
 
-    /// Answers a client request; `caller` is who asks (what the guest's
-    /// `caller.current()` returns during the call). Shared: an event several plugins handle
-    /// is not copied for each.
+    /// Answers a client request, or refuses at once when the plugin's circuit is open or it
+    /// is over its CPU budget. Shared: an event several plugins handle is not copied for each.
     pub async fn on_request(
         &self,
         request: Arc<ClientRequest>,
-        caller: Option<Arc<Principal>>,
+        caller: Caller,
     ) -> Result<Answer, CallFailure> {
         self.ask(|reply| Job::Request(request, caller, reply)).await
     }
 
     pub async fn on_timer(&self, name: String) -> Result<Vec<Action>, CallFailure> {
+        self.within_budget().await;
         self.ask(|reply| Job::Timer(name, reply)).await
+    }
+
+    /// Waits while the version is over its CPU budget: a plugin that burns CPU is slowed
+    /// down, not allowed to starve the others.
+    async fn within_budget(&self) {
+        let wait = self.guard.budget_wait();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 
     async fn ask<T>(
@@ -416,15 +481,16 @@ impl Probes {
                 &[("plugin", plugin), ("kind", kind)],
             )
         };
+        // The `kind` label of `flux_plugin_errors_total`.
         Self {
             calls: metrics.counter(metrics::PLUGIN_CALLS, &labels),
             latency: metrics.histogram(metrics::PLUGIN_CALL_SECONDS, &labels),
             replaced: metrics.counter(metrics::PLUGIN_INSTANCES_REPLACED, &labels),
             errors: [
-                error(CallFailure::Timeout.kind()),
-                error(CallFailure::OutOfMemory.kind()),
-                error(CallFailure::Trap(String::new()).kind()),
-                error(CallFailure::Unavailable.kind()),
+                error("timeout"),
+                error("memory"),
+                error("trap"),
+                error("unavailable"),
             ],
         }
     }
@@ -434,7 +500,9 @@ impl Probes {
             CallFailure::Timeout => &self.errors[0],
             CallFailure::OutOfMemory => &self.errors[1],
             CallFailure::Trap(_) => &self.errors[2],
-            CallFailure::Unavailable => &self.errors[3],
+            CallFailure::Unavailable | CallFailure::CircuitOpen | CallFailure::OverBudget => {
+                &self.errors[3]
+            }
         }
     }
 }
@@ -453,22 +521,45 @@ pub struct PluginInstance {
     probes: Option<Probes>,
 }
 
-/// A worker thread's loop: one job at a time, on the plugin's own instance.
-fn serve(mut instance: PluginInstance, mut queue: mpsc::Receiver<Job>) {
+/// A worker thread's loop: one job at a time, on the plugin's own instance, each admitted
+/// by the version's guard and its outcome recorded there.
+fn serve(mut instance: PluginInstance, guard: &Guard, mut queue: mpsc::Receiver<Job>) {
     while let Some(job) = queue.blocking_recv() {
         // A caller that gave up has dropped its receiver; nothing to report then.
         match job {
             Job::Records(records, reply) => {
-                let _ = reply.send(instance.on_records(&records));
+                let outcome = guarded(guard, false, Blame::Version, || {
+                    instance.on_records(&records)
+                });
+                let _ = reply.send(outcome);
             }
             Job::Request(request, caller, reply) => {
-                let _ = reply.send(instance.on_request(&request, caller));
+                let blame = Blame::Socket(caller.socket);
+                let outcome = guarded(guard, true, blame, || {
+                    instance.on_request(&request, caller.principal)
+                });
+                let _ = reply.send(outcome);
             }
             Job::Timer(name, reply) => {
-                let _ = reply.send(instance.on_timer(&name));
+                let outcome = guarded(guard, false, Blame::Version, || instance.on_timer(&name));
+                let _ = reply.send(outcome);
             }
         }
     }
+}
+
+/// Makes one call if the guard admits it, and records its guest time and outcome there.
+fn guarded<T>(
+    guard: &Guard,
+    request: bool,
+    blame: Blame,
+    call: impl FnOnce() -> Result<T, CallFailure>,
+) -> Result<T, CallFailure> {
+    guard.admit(request)?;
+    let started = Instant::now();
+    let outcome = call();
+    guard.record(started.elapsed(), outcome.as_ref().err(), blame);
+    outcome
 }
 
 impl PluginInstance {
