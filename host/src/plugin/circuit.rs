@@ -93,6 +93,9 @@ pub struct Circuit {
     /// Until when the circuit stays open, and how long it opens next time.
     open_until: Option<Instant>,
     backoff: Duration,
+    /// When a probe last closed it: a version that trips again soon after is not forgiven
+    /// (its backoff keeps growing), so a fault that probes cannot see does not oscillate.
+    closed_at: Option<Instant>,
     opened: u64,
 }
 
@@ -107,6 +110,7 @@ impl Circuit {
             charged: HashMap::new(),
             open_until: None,
             backoff,
+            closed_at: None,
             opened: 0,
         }
     }
@@ -145,7 +149,7 @@ impl Circuit {
                 self.open(now);
                 Transition::Opened
             } else {
-                self.close();
+                self.close(now);
                 Transition::Closed
             };
         }
@@ -157,6 +161,15 @@ impl Circuit {
         bucket.calls += 1;
         bucket.failures += u32::from(failed);
         if failed && self.state == CircuitState::Closed && self.tripped(now) {
+            let window = self.config.window();
+            self.backoff = if self
+                .closed_at
+                .is_some_and(|at| now.saturating_duration_since(at) < window)
+            {
+                (self.backoff * 2).min(self.config.max_open_for())
+            } else {
+                self.config.open_for()
+            };
             self.open(now);
             return Transition::Opened;
         }
@@ -218,10 +231,10 @@ impl Circuit {
         self.opened += 1;
     }
 
-    fn close(&mut self) {
+    fn close(&mut self, now: Instant) {
         self.state = CircuitState::Closed;
         self.open_until = None;
-        self.backoff = self.config.open_for();
+        self.closed_at = Some(now);
         self.buckets = [Bucket::default(); BUCKETS];
         self.charged.clear();
     }
@@ -560,7 +573,8 @@ mod tests {
             Transition::Closed
         );
         assert_eq!(circuit.admit(now), Admission::Run);
-        // Closed afresh: the old failures are forgotten and the backoff starts over.
+        // Closed afresh: the old failures are forgotten, but tripping again soon after keeps
+        // the grown backoff...
         for i in 0..2 {
             assert_eq!(
                 circuit.record(now + MS * i, true, Blame::Version),
@@ -571,7 +585,16 @@ mod tests {
             circuit.record(now + MS * 3, true, Blame::Version),
             Transition::Opened
         );
-        assert_eq!(circuit.retry_in(now + MS * 3), MS * 1_000);
+        assert_eq!(circuit.retry_in(now + MS * 3), MS * 4_000);
+        // ...while a version that stayed closed for a whole window starts over.
+        now += Duration::from_secs(5);
+        assert_eq!(circuit.admit(now), Admission::Probe);
+        circuit.record(now, false, Blame::Version);
+        now += Duration::from_secs(11);
+        for i in 0..3 {
+            circuit.record(now + MS * i, true, Blame::Version);
+        }
+        assert_eq!(circuit.retry_in(now + MS * 2), MS * 1_000);
     }
 
     #[test]
