@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::value::RawValue;
-use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
+use socketioxide::{BroadcastError, SocketError, SocketIo};
 
 use crate::bus::{Bus, BusRecord, PublishError};
 use crate::cache::{Entry, Hydration, SnapshotCache};
+use crate::delivery::{MustDeliver, must_deliver};
 use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::plugin::{Action, PluginHandle, RoomPattern};
@@ -261,7 +262,8 @@ impl Dispatcher {
                 };
                 let payload = json(reply.payload, "reply")?;
                 // A closed or saturated socket is the client's problem, not the plugin's.
-                let _ = request.socket.emit(&reply.event, &*payload);
+                let sent = request.socket.emit(&reply.event, &*payload);
+                must_deliver(&request.socket, MustDeliver::Reply, sent);
                 request.first_reply.get_or_insert(payload);
                 Ok(())
             }
@@ -410,8 +412,20 @@ impl Dispatcher {
             .to(room.to_owned())
             .emit(event, payload)
             .now_or_never();
-        if let Some(Err(e)) = sent {
-            tracing::debug!(room, event, "some sockets missed a room event: {e}");
+        match sent {
+            // Sockets whose queue is full (clients that stopped reading) get the event in their
+            // latest-wins slot instead: conflated, not queued behind what they have not read.
+            Some(Err(BroadcastError::Socket(errors))) => {
+                let lagging = errors
+                    .iter()
+                    .filter(|e| matches!(e, SocketError::InternalChannelFull))
+                    .count();
+                self.metrics
+                    .counter(metrics::ROOM_EMITS_CONFLATED, &[])
+                    .add(lagging as u64);
+            }
+            Some(Err(e)) => tracing::debug!(room, event, "a room event was not sent: {e}"),
+            _ => {}
         }
         self.metrics.counter(metrics::ROOM_EMITS, &[]).inc();
     }
@@ -454,7 +468,8 @@ impl Dispatcher {
         socket.join(room);
         for entry in state {
             if let Some(hydrate) = &entry.hydrate {
-                let _ = socket.emit(&hydrate.event, &*entry.payload);
+                let sent = socket.emit(&hydrate.event, &*entry.payload);
+                must_deliver(socket, MustDeliver::Hydration, sent);
                 self.metrics.counter(metrics::HYDRATIONS, &[]).inc();
             }
         }

@@ -21,6 +21,7 @@ use tokio::task::AbortHandle;
 use crate::auth::{AuthRefusal, Authenticator, Principal};
 use crate::bus::Bus;
 use crate::config::SocketConfig;
+use crate::delivery::{MustDeliver, SlowClients, must_deliver};
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
@@ -180,6 +181,7 @@ impl Gateway {
         let disconnects =
             move |reason| metrics.counter(metrics::DISCONNECTS, &[("reason", reason)]);
 
+        socket.extensions.insert(SlowClients(self.metrics.clone()));
         if let Some(budget) = EventBudget::new(&self.socket_config) {
             socket.extensions.insert(Arc::new(budget));
         }
@@ -292,8 +294,9 @@ impl Gateway {
             Ok(fresh) => {
                 let expires_at = fresh.expires_at;
                 *session.principal.write() = Arc::new(fresh);
-                let _ =
+                let sent =
                     ack.send(&serde_json::json!({ "status": "success", "expiresAt": expires_at }));
+                must_deliver(&socket, MustDeliver::Ack, sent);
             }
             Err(refusal) => answer_error(&socket, ack, &refusal.to_string()),
         }
@@ -437,7 +440,8 @@ impl Gateway {
         if problems.is_empty() {
             let success =
                 RawValue::from_string(r#"{"status":"success"}"#.into()).expect("a JSON literal");
-            let _ = ack.send(&*context.first_reply.unwrap_or(success));
+            let sent = ack.send(&*context.first_reply.unwrap_or(success));
+            must_deliver(&socket, MustDeliver::Ack, sent);
         } else {
             answer_error(&socket, ack, &format!("{event}: {}", problems.join("; ")));
         }
@@ -484,8 +488,12 @@ fn get_user_id(socket: SocketRef, ack: AckSender) {
             fresh
         }
     };
-    let _ = socket.emit("userUniqueId", &id);
-    let _ = ack.send(&id);
+    must_deliver(
+        &socket,
+        MustDeliver::Reply,
+        socket.emit("userUniqueId", &id),
+    );
+    must_deliver(&socket, MustDeliver::Ack, ack.send(&id));
 }
 
 /// The disconnect reason in the contract's words (those of the Socket.IO client).
@@ -506,8 +514,8 @@ fn disconnect_reason(reason: DisconnectReason) -> &'static str {
 /// The contract's error shape, on the `error` event and the acknowledgement.
 fn answer_error(socket: &SocketRef, ack: AckSender, message: &str) {
     let payload = serde_json::json!({ "status": "error", "message": message });
-    let _ = socket.emit("error", &payload);
-    let _ = ack.send(&payload);
+    must_deliver(socket, MustDeliver::Error, socket.emit("error", &payload));
+    must_deliver(socket, MustDeliver::Ack, ack.send(&payload));
 }
 
 /// Every argument of a client event. socketioxide passes only the first argument to a

@@ -18,6 +18,7 @@
 //! - [`cache`]: the snapshot cache (per-entry TTL) and the room index used for hydration.
 //! - [`gateway`]: Socket.IO connections, `getUserId`, `refreshToken`, and client-event routing
 //!   with per-plugin scopes.
+//! - [`delivery`]: what a client must get, and the slow client that cannot take it.
 //! - [`http`]: the public probes and demo page; the admin listener's `/metrics` and `/admin/*`.
 //! - [`logs`]: rate-limited log lines for what clients and plugins can cause at any rate.
 //! - [`metrics`]: the Prometheus registry and metric names.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod bus;
 pub mod cache;
 pub mod config;
+pub mod delivery;
 pub mod dispatch;
 pub mod gateway;
 pub mod http;

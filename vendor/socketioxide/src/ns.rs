@@ -301,11 +301,20 @@ impl<A: Adapter> InnerEmitter for Namespace<A> {
             .collect()
     }
 
+    /// Flux patch: a socket whose internal channel is full gets the packet in its volatile slot
+    /// instead, which holds only the latest: a lagging socket's broadcasts are conflated (it gets
+    /// the newest once it reads again) rather than dropped. The error is still reported.
     fn send_many(&self, sids: BroadcastIter<'_>, data: Value) -> Result<(), Vec<SocketError>> {
         let sockets = self.sockets.read().unwrap();
         let errs: Vec<SocketError> = sids
             .filter_map(|sid| sockets.get(&sid))
-            .filter_map(|socket| socket.send_raw(data.clone()).err())
+            .filter_map(|socket| match socket.send_raw(data.clone()) {
+                Err(SocketError::InternalChannelFull) => {
+                    socket.send_raw_volatile(data.clone());
+                    Some(SocketError::InternalChannelFull)
+                }
+                other => other.err(),
+            })
             .collect();
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }

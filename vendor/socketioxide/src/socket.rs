@@ -662,12 +662,17 @@ impl<A: Adapter> Socket<A> {
     /// # Disconnect the socket from the current namespace,
     ///
     /// It will also call the disconnect handler if it is set with a [`DisconnectReason::ServerNSDisconnect`].
+    ///
+    /// Flux patch: a socket whose internal channel is full (a client that stopped reading) cannot
+    /// be sent the DISCONNECT packet; its underlying transport is closed instead, so that a
+    /// client that does not read can always be disconnected.
     pub fn disconnect(self: Arc<Self>) -> Result<(), SocketError> {
         let res = self.send(Packet::disconnect(self.ns.path.clone()));
-        if let Err(SocketError::InternalChannelFull) = res {
-            return Err(SocketError::InternalChannelFull);
+        let full = matches!(res, Err(SocketError::InternalChannelFull));
+        self.clone().close(DisconnectReason::ServerNSDisconnect);
+        if full {
+            self.esocket.close(EIoDisconnectReason::ClosingServer);
         }
-        self.close(DisconnectReason::ServerNSDisconnect);
         Ok(())
     }
 
