@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::pattern::NamePattern;
+
 /// Everything the gateway reads at start-up.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -418,15 +420,11 @@ impl Policies {
     }
 }
 
-/// Whether a declared name or pattern lies within one of the `allowed` names or patterns
-/// (a trailing `*` matches any suffix).
+/// Whether a declared name or pattern lies within one of the `allowed` names or patterns.
 fn covered(allowed: &[String], declared: &str) -> bool {
     allowed
         .iter()
-        .any(|pattern| match pattern.strip_suffix('*') {
-            Some(prefix) => declared.starts_with(prefix),
-            None => pattern == declared,
-        })
+        .any(|pattern| NamePattern::parse(pattern).covers(declared))
 }
 
 /// When a version's circuit opens, and for how long.

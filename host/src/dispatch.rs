@@ -22,7 +22,8 @@ use crate::cache::{Entry, Hydration, SnapshotCache};
 use crate::delivery::{MustDeliver, must_deliver};
 use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
-use crate::plugin::{Action, PluginHandle, RoomPattern};
+use crate::pattern::NamePattern;
+use crate::plugin::{Action, PluginHandle};
 use crate::throttle::CommandBudget;
 
 const ROOM_GATE_STRIPES: usize = 256;
@@ -442,7 +443,7 @@ impl Dispatcher {
         if patterns.is_empty() {
             return;
         }
-        let patterns: Vec<RoomPattern> = patterns.iter().map(|p| RoomPattern::parse(p)).collect();
+        let patterns: Vec<NamePattern> = patterns.iter().map(|p| NamePattern::parse(p)).collect();
         let joining: Vec<&str> = actions
             .iter()
             .filter_map(|action| match action {

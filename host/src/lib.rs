@@ -21,6 +21,7 @@
 //! - [`delivery`]: what a client must get, and the slow client that cannot take it.
 //! - [`http`]: the public probes and demo page; the admin listener's `/metrics` and `/admin/*`.
 //! - [`logs`]: rate-limited log lines for what clients and plugins can cause at any rate.
+//! - [`pattern`]: names with a trailing `*`, for declared and allowed rooms and topics.
 //! - [`metrics`]: the Prometheus registry and metric names.
 //! - [`sim`]: simulated upstream services for the demo run (off by default).
 //! - [`throttle`]: per-socket event rates and per-address connection caps.
@@ -36,6 +37,7 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod origins;
+pub mod pattern;
 pub mod pipeline;
 pub mod plugin;
 pub mod plugins;

@@ -18,17 +18,18 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::bus::now_ms;
 use crate::cache::SnapshotCache;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
+use crate::plugin::precompiled::content_digest;
 use crate::plugin::{GuardView, PluginHandle, PluginRuntime, Tripped, WIT_VERSION};
 
 /// One loaded version of a plugin.
@@ -37,7 +38,8 @@ pub struct Version {
     pub handle: PluginHandle,
     pub file: PathBuf,
     pub digest: String,
-    pub loaded_at: SystemTime,
+    /// When it was loaded, in unix milliseconds.
+    pub loaded_at_ms: u64,
     /// When it last became the active version.
     live_since: Instant,
 }
@@ -285,7 +287,7 @@ impl PluginSet {
                 return None;
             }
         };
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = content_digest(&bytes);
         if self
             .rejected
             .lock()
@@ -331,7 +333,7 @@ impl PluginSet {
         let rejected = Rejected {
             file: file.display().to_string(),
             reason,
-            at_ms: unix_ms(SystemTime::now()),
+            at_ms: now_ms(),
             digest,
         };
         self.rejected.lock().insert(file.to_owned(), rejected);
@@ -357,7 +359,8 @@ impl PluginSet {
             }
         }
         let runtime = self.runtime.clone();
-        let handle = tokio::task::spawn_blocking(move || runtime.load(&bytes))
+        let loading = digest.clone();
+        let handle = tokio::task::spawn_blocking(move || runtime.load_digested(&bytes, &loading))
             .await
             .map_err(|e| (None, format!("loader crashed: {e}")))?
             .map_err(|e| (None, e.to_string()))?;
@@ -386,7 +389,7 @@ impl PluginSet {
             handle,
             file: file.to_owned(),
             digest,
-            loaded_at: SystemTime::now(),
+            loaded_at_ms: now_ms(),
             live_since: Instant::now(),
         };
         let outcome = match existing {
@@ -524,7 +527,7 @@ impl PluginSet {
                     digest: active.digest.clone(),
                     file: active.file.display().to_string(),
                     state: standing.state,
-                    loaded_at_ms: unix_ms(active.loaded_at),
+                    loaded_at_ms: active.loaded_at_ms,
                     last_error: standing.last_error.clone(),
                     consumes: m.consumes.clone(),
                     handles: m.handles.clone(),
@@ -551,16 +554,6 @@ pub fn is_plugin_file(path: &Path) -> bool {
             .is_some_and(|n| !n.starts_with('.'))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(12)]
-}
-
-fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

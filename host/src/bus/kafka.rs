@@ -200,7 +200,7 @@ impl KafkaBus {
             })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(BROKER_TIMEOUT));
-        let mut pause = RETRY_MIN;
+        let mut backoff = Backoff::default();
         loop {
             match admin.create_topics(&wanted, &options).await {
                 Ok(results) => {
@@ -217,8 +217,7 @@ impl KafkaBus {
                 }
                 Err(e) => {
                     tracing::debug!("kafka: topic creation waits for the broker: {e}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_MAX);
+                    backoff.wait().await;
                 }
             }
         }
@@ -334,14 +333,13 @@ type CatchUp = HashMap<(String, i32), i64>;
 
 impl Subscription {
     async fn run(self) {
-        let mut pause = RETRY_MIN;
+        let mut backoff = Backoff::default();
         let (consumer, mut catch_up) = loop {
             match self.start().await {
                 Ok(started) => break started,
                 Err(e) => {
                     tracing::debug!(group = %self.group, "kafka: subscription waits for the broker: {e}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(RETRY_MAX);
+                    backoff.wait().await;
                 }
             }
         };
@@ -507,19 +505,75 @@ fn plan_assignment(
                     Offset::Offset(offset) => Some(offset),
                     _ => None,
                 });
-        let start = match from {
-            // No commit yet: from the beginning, so no command sent before this subscriber
-            // first came up is missed (at least once).
-            StartAt::Committed => last_commit.unwrap_or(low),
-            StartAt::Replay(records) => {
-                let window = high - i64::from(records);
-                last_commit.map_or(window, |c| c.min(window)).max(low)
-            }
-        };
         plan.insert(
             (topic.to_owned(), partition),
-            (start.clamp(low, high), high),
+            (start_offset(from, last_commit, low, high), high),
         );
     }
     Ok(plan)
+}
+
+/// Where a partition with watermarks `low..high` starts, given its last commit.
+fn start_offset(from: StartAt, last_commit: Option<i64>, low: i64, high: i64) -> i64 {
+    let start = match from {
+        // No commit yet: from the beginning, so no command sent before this subscriber
+        // first came up is missed (at least once).
+        StartAt::Committed => last_commit.unwrap_or(low),
+        // The last `records` (for the cache), or from the last commit if that is earlier.
+        StartAt::Replay(records) => {
+            let window = high.saturating_sub(i64::from(records));
+            last_commit.map_or(window, |c| c.min(window))
+        }
+    };
+    start.clamp(low, high.max(low))
+}
+
+/// Waits between attempts to reach a broker: doubling from `RETRY_MIN` up to `RETRY_MAX`.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self(RETRY_MIN)
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_without_a_commit_starts_at_the_beginning() {
+        assert_eq!(start_offset(StartAt::Committed, None, 40, 100), 40);
+        assert_eq!(start_offset(StartAt::Committed, Some(70), 40, 100), 70);
+    }
+
+    #[test]
+    fn a_commit_below_the_low_watermark_starts_at_the_oldest_record_kept() {
+        assert_eq!(start_offset(StartAt::Committed, Some(10), 40, 100), 40);
+        assert_eq!(start_offset(StartAt::Replay(50), Some(10), 40, 100), 40);
+    }
+
+    #[test]
+    fn a_warm_start_replays_the_last_records_or_from_an_earlier_commit() {
+        // The window is the last 50 records...
+        assert_eq!(start_offset(StartAt::Replay(50), None, 0, 100), 50);
+        assert_eq!(start_offset(StartAt::Replay(50), Some(90), 0, 100), 50);
+        // ...unless the last commit is earlier: nothing since it is skipped.
+        assert_eq!(start_offset(StartAt::Replay(50), Some(20), 0, 100), 20);
+        // A short partition replays all it has.
+        assert_eq!(start_offset(StartAt::Replay(50), None, 0, 10), 0);
+    }
+
+    #[test]
+    fn an_empty_partition_starts_at_its_end() {
+        assert_eq!(start_offset(StartAt::Replay(50), None, 100, 100), 100);
+        assert_eq!(start_offset(StartAt::Committed, None, 100, 100), 100);
+    }
 }

@@ -10,6 +10,8 @@ pub mod runtime;
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::pattern::NamePattern;
+
 pub use circuit::{CircuitState, GuardView, Tripped};
 pub use precompiled::PrecompiledCache;
 pub use runtime::{
@@ -36,29 +38,6 @@ pub const WIT_VERSION: &str = "0.1.1";
 /// Shortest timer interval a plugin may declare.
 const MIN_TIMER_INTERVAL: Duration = Duration::from_millis(100);
 
-/// A room a plugin may use: exact, or a prefix when declared with a trailing `*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RoomPattern {
-    Exact(String),
-    Prefix(String),
-}
-
-impl RoomPattern {
-    pub fn parse(pattern: &str) -> Self {
-        match pattern.strip_suffix('*') {
-            Some(prefix) => Self::Prefix(prefix.to_owned()),
-            None => Self::Exact(pattern.to_owned()),
-        }
-    }
-
-    pub fn matches(&self, room: &str) -> bool {
-        match self {
-            Self::Exact(exact) => exact == room,
-            Self::Prefix(prefix) => room.len() > prefix.len() && room.starts_with(prefix.as_str()),
-        }
-    }
-}
-
 /// A plugin's validated self-description.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -66,7 +45,7 @@ pub struct Manifest {
     pub version: String,
     pub consumes: Vec<String>,
     pub handles: Vec<String>,
-    pub rooms: Vec<RoomPattern>,
+    pub rooms: Vec<NamePattern>,
     /// The room names and patterns as declared, for allowlist checks and display.
     pub declared_rooms: Vec<String>,
     pub publishes: HashSet<String>,
@@ -139,7 +118,7 @@ impl Manifest {
             version: info.version,
             consumes: info.consumes,
             handles: info.handles,
-            rooms: info.rooms.iter().map(|r| RoomPattern::parse(r)).collect(),
+            rooms: info.rooms.iter().map(|r| NamePattern::parse(r)).collect(),
             declared_rooms: info.rooms.clone(),
             publishes: info.publishes.into_iter().collect(),
             caches,

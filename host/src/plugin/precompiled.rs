@@ -48,23 +48,20 @@ impl PrecompiledCache {
         Ok(Self { dir, key })
     }
 
-    /// Where the artifact of `wasm` compiled by `engine` lives: content digest plus engine
-    /// compatibility, so another engine configuration never reads it.
-    fn path(&self, engine: &Engine, wasm: &[u8]) -> PathBuf {
+    /// Where the artifact of the component with content `digest` compiled by `engine` lives:
+    /// content digest plus engine compatibility, so another engine configuration never reads it.
+    fn path(&self, engine: &Engine, digest: &str) -> PathBuf {
         let mut compatibility = std::collections::hash_map::DefaultHasher::new();
         engine
             .precompile_compatibility_hash()
             .hash(&mut compatibility);
-        let digest: String = Sha256::digest(wasm)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
         self.dir
             .join(format!("{digest}-{:016x}.cwasm", compatibility.finish()))
     }
 
-    pub fn load(&self, engine: &Engine, wasm: &[u8]) -> Cached {
-        let path = self.path(engine, wasm);
+    /// The compiled component with content `digest`, if an authentic one is kept.
+    pub fn load(&self, engine: &Engine, digest: &str) -> Cached {
+        let path = self.path(engine, digest);
         let stored = match std::fs::read(&path) {
             Ok(stored) => stored,
             Err(e) if e.kind() == ErrorKind::NotFound => return Cached::Miss,
@@ -91,10 +88,10 @@ impl PrecompiledCache {
     pub fn store(
         &self,
         engine: &Engine,
-        wasm: &[u8],
+        digest: &str,
         component: &Component,
     ) -> std::io::Result<()> {
-        let path = self.path(engine, wasm);
+        let path = self.path(engine, digest);
         let artifact = component.serialize().map_err(std::io::Error::other)?;
         let mac = self.mac().chain_update(&artifact).finalize().into_bytes();
         let partial = path.with_extension(format!("partial-{}", std::process::id()));
@@ -152,4 +149,12 @@ fn key_file(dir: &Path) -> std::io::Result<Vec<u8>> {
         Err(e) if e.kind() == ErrorKind::AlreadyExists => std::fs::read(&path),
         Err(e) => Err(e),
     }
+}
+
+/// A component's identity: the SHA-256 of its bytes, in hex.
+pub fn content_digest(wasm: &[u8]) -> String {
+    Sha256::digest(wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -21,7 +21,7 @@ use super::bindings::flux::gateway::caller::Principal as WitPrincipal;
 use super::bindings::flux::gateway::host::LogLevel;
 use super::bindings::{Plugin, PluginPre};
 use super::circuit::{Blame, Guard, GuardIdentity, Refusal, Tripped};
-use super::precompiled::{Cached, PrecompiledCache};
+use super::precompiled::{Cached, PrecompiledCache, content_digest};
 use super::{Action, ClientRequest, Manifest, RequestError, WIT_PACKAGE, WIT_VERSION, WitRecord};
 use crate::auth::Principal;
 use crate::cache::SnapshotCache;
@@ -173,7 +173,12 @@ impl PluginRuntime {
     /// Compiles and validates `wasm`, asks it to describe itself, and starts its worker.
     /// Blocking (compilation takes milliseconds to seconds): call it off the async runtime.
     pub fn load(&self, wasm: &[u8]) -> Result<PluginHandle, LoadError> {
-        let (instance, manifest, limits) = self.prepare(wasm)?;
+        self.load_digested(wasm, &content_digest(wasm))
+    }
+
+    /// [`load`](Self::load) for a caller that already has the bytes' [`content_digest`].
+    pub fn load_digested(&self, wasm: &[u8], digest: &str) -> Result<PluginHandle, LoadError> {
+        let (instance, manifest, limits) = self.prepare(wasm, digest)?;
         let id = self.next_version_id.fetch_add(1, Ordering::Relaxed);
         let guard = Arc::new(Guard::new(
             GuardIdentity {
@@ -205,12 +210,14 @@ impl PluginRuntime {
     /// What [`load`](Self::load) validates, as an instance called on the current thread
     /// instead of by a worker: for benchmarks and embedders with threads of their own.
     pub fn instance(&self, wasm: &[u8]) -> Result<PluginInstance, LoadError> {
-        self.prepare(wasm).map(|(instance, _, _)| instance)
+        self.prepare(wasm, &content_digest(wasm))
+            .map(|(instance, _, _)| instance)
     }
 
     fn prepare(
         &self,
         wasm: &[u8],
+        digest: &str,
     ) -> Result<(PluginInstance, Arc<Manifest>, Arc<PluginLimits>), LoadError> {
         if !wasm.starts_with(b"\0asm") {
             return Err(LoadError::NotWasm);
@@ -218,7 +225,7 @@ impl PluginRuntime {
         if !wasm.starts_with(&COMPONENT_HEADER) {
             return Err(LoadError::CoreModule);
         }
-        let component = self.compile(wasm)?;
+        let component = self.compile(wasm, digest)?;
         self.check_wit_version(&component)?;
         let pre = self
             .linker
@@ -268,9 +275,9 @@ impl PluginRuntime {
 
     /// Compiles `wasm`, or loads what an earlier compilation of the same bytes by a compatible
     /// engine left in the precompiled cache (once it has authenticated it).
-    fn compile(&self, wasm: &[u8]) -> Result<Component, LoadError> {
+    fn compile(&self, wasm: &[u8], digest: &str) -> Result<Component, LoadError> {
         if let Some(precompiled) = &self.precompiled {
-            match precompiled.load(&self.engine, wasm) {
+            match precompiled.load(&self.engine, digest) {
                 Cached::Hit(component) => {
                     self.metrics
                         .counter(metrics::PLUGIN_COMPILES, &[("source", "cache")])
@@ -292,7 +299,7 @@ impl PluginRuntime {
             .counter(metrics::PLUGIN_COMPILES, &[("source", "compiled")])
             .inc();
         if let Some(precompiled) = &self.precompiled
-            && let Err(e) = precompiled.store(&self.engine, wasm, &component)
+            && let Err(e) = precompiled.store(&self.engine, digest, &component)
         {
             tracing::warn!("cannot keep the precompiled plugin: {e}");
         }
