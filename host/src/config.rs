@@ -1,4 +1,5 @@
-//! Gateway configuration: a TOML file, then `FLUX_*` environment variables, then CLI flags.
+//! Gateway configuration: a TOML file, then [`Overrides`] — CLI flags, each also readable
+//! from a `FLUX_*` environment variable (the flag wins).
 //!
 //! Unknown keys are rejected so that a typo never silently falls back to a default.
 
@@ -112,7 +113,7 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Anyone may connect; the client's `userId` is taken as given (development, demo).
@@ -187,7 +188,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Human,
@@ -558,23 +559,101 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("invalid value {value:?} for environment variable {name}: {message}")]
-    Env {
-        name: String,
-        value: String,
-        message: String,
-    },
+}
+
+/// What the command line (or the `FLUX_*` environment) sets over the configuration file.
+#[derive(Debug, Default, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "FLUX_LISTEN", global = true)]
+    pub listen: Option<String>,
+    /// Address of the private admin listener (`/metrics`, `/admin/*`); empty for none.
+    #[arg(long, env = "FLUX_ADMIN_LISTEN", global = true)]
+    pub admin_listen: Option<String>,
+    /// Bearer token the admin listener requires.
+    #[arg(long, env = "FLUX_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub admin_token: Option<String>,
+    /// Directory of plugin `.wasm` files.
+    #[arg(long, env = "FLUX_PLUGIN_DIR", global = true)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Run the simulated upstream services on the embedded bus.
+    #[arg(long, env = "FLUX_DEMO", global = true)]
+    pub demo: bool,
+    #[arg(long, env = "FLUX_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+    /// Window within which a repeated command is dropped, in milliseconds.
+    #[arg(long, env = "FLUX_DEDUPE_WINDOW_MS", global = true)]
+    pub dedupe_window_ms: Option<u64>,
+    /// Every plugin's call deadline, in milliseconds (`[limits] call_timeout_ms`).
+    #[arg(long, env = "FLUX_CALL_TIMEOUT_MS", global = true)]
+    pub call_timeout_ms: Option<u64>,
+    /// Every plugin's memory limit, in MiB (`[limits] memory_mb`).
+    #[arg(long, env = "FLUX_MEMORY_MB", global = true)]
+    pub memory_mb: Option<u64>,
+    /// Kafka bootstrap servers: use the Kafka bus instead of the embedded one.
+    #[arg(long, env = "FLUX_KAFKA_BROKERS", global = true)]
+    pub brokers: Option<String>,
+    /// This node's id (unique per gateway node; names its consumer groups).
+    #[arg(long, env = "FLUX_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+    #[arg(long, env = "FLUX_AUTH_MODE", global = true)]
+    pub auth_mode: Option<AuthMode>,
+    /// The HS256 secret handshake tokens are signed with (`[auth] hs256_secret`).
+    #[arg(
+        long,
+        env = "FLUX_AUTH_HS256_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub auth_hs256_secret: Option<String>,
 }
 
 impl Config {
-    /// Reads `path` (if given), then applies `FLUX_*` environment overrides.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+    /// Reads `path` (if given), then applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
         let mut config = match path {
             Some(path) => Self::from_file(path)?,
             None => Self::default(),
         };
-        config.apply_env(std::env::vars())?;
+        config.apply(overrides);
         Ok(config)
+    }
+
+    pub fn apply(&mut self, overrides: Overrides) {
+        let Overrides {
+            listen,
+            admin_listen,
+            admin_token,
+            plugin_dir,
+            demo,
+            log_format,
+            dedupe_window_ms,
+            call_timeout_ms,
+            memory_mb,
+            brokers,
+            node_id,
+            auth_mode,
+            auth_hs256_secret,
+        } = overrides;
+        set(&mut self.listen, listen);
+        set(&mut self.admin.listen, admin_listen);
+        set(&mut self.plugin_dir, plugin_dir);
+        self.demo.enabled |= demo;
+        set(&mut self.log_format, log_format);
+        set(&mut self.dedupe_window_ms, dedupe_window_ms);
+        set(&mut self.limits.call_timeout_ms, call_timeout_ms);
+        set(&mut self.limits.memory_mb, memory_mb);
+        set(&mut self.kafka.brokers, brokers);
+        set(&mut self.auth.mode, auth_mode);
+        if node_id.is_some() {
+            self.kafka.node_id = node_id;
+        }
+        if let Some(token) = admin_token {
+            self.admin.token = Some(Secret::new(token));
+        }
+        if let Some(secret) = auth_hs256_secret {
+            self.auth.hs256_secret = Some(Secret::new(secret));
+        }
     }
 
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -590,63 +669,6 @@ impl Config {
 
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
-    }
-
-    /// `FLUX_LISTEN`, `FLUX_PLUGIN_DIR`, `FLUX_DEDUPE_WINDOW_MS`, `FLUX_LOG_FORMAT`,
-    /// `FLUX_CALL_TIMEOUT_MS`, `FLUX_MEMORY_MB`, `FLUX_DEMO`, `FLUX_KAFKA_BROKERS`, `FLUX_NODE_ID`,
-    /// `FLUX_ADMIN_LISTEN`, `FLUX_ADMIN_TOKEN`, `FLUX_AUTH_MODE`, `FLUX_AUTH_HS256_SECRET`.
-    pub fn apply_env(
-        &mut self,
-        vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
-        for (name, value) in vars {
-            let invalid = |message: String| ConfigError::Env {
-                name: name.clone(),
-                value: value.clone(),
-                message,
-            };
-            match name.as_str() {
-                "FLUX_LISTEN" => self.listen = value.clone(),
-                "FLUX_PLUGIN_DIR" => self.plugin_dir = PathBuf::from(&value),
-                "FLUX_DEDUPE_WINDOW_MS" => {
-                    self.dedupe_window_ms = number(&value).map_err(invalid)?
-                }
-                "FLUX_CALL_TIMEOUT_MS" => {
-                    self.limits.call_timeout_ms = number(&value).map_err(invalid)?
-                }
-                "FLUX_MEMORY_MB" => self.limits.memory_mb = number(&value).map_err(invalid)?,
-                "FLUX_LOG_FORMAT" => {
-                    self.log_format = match value.as_str() {
-                        "human" => LogFormat::Human,
-                        "json" => LogFormat::Json,
-                        _ => return Err(invalid("expected `human` or `json`".into())),
-                    }
-                }
-                "FLUX_KAFKA_BROKERS" => self.kafka.brokers = value.clone(),
-                "FLUX_NODE_ID" => self.kafka.node_id = Some(value.clone()),
-                "FLUX_ADMIN_LISTEN" => self.admin.listen = value.clone(),
-                "FLUX_ADMIN_TOKEN" => self.admin.token = Some(Secret::new(value.as_str())),
-                "FLUX_AUTH_HS256_SECRET" => {
-                    self.auth.hs256_secret = Some(Secret::new(value.as_str()))
-                }
-                "FLUX_AUTH_MODE" => {
-                    self.auth.mode = match value.as_str() {
-                        "none" => AuthMode::None,
-                        "jwt" => AuthMode::Jwt,
-                        _ => return Err(invalid("expected `none` or `jwt`".into())),
-                    }
-                }
-                "FLUX_DEMO" => {
-                    self.demo.enabled = match value.as_str() {
-                        "1" | "true" => true,
-                        "0" | "false" => false,
-                        _ => return Err(invalid("expected true or false".into())),
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     pub fn policies(&self) -> Policies {
@@ -673,8 +695,10 @@ impl Config {
     }
 }
 
-fn number(value: &str) -> Result<u64, String> {
-    value.parse().map_err(|e| format!("{e}"))
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
+    }
 }
 
 #[cfg(test)]
@@ -689,21 +713,42 @@ mod tests {
         assert!(err.contains("memory"), "{err}");
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        overrides: Overrides,
+    }
+
+    fn overrides(args: &[&str]) -> Result<Overrides, clap::Error> {
+        use clap::Parser;
+        Cli::try_parse_from(std::iter::once("flux-gateway").chain(args.iter().copied()))
+            .map(|cli| cli.overrides)
+    }
+
     #[test]
-    fn file_values_then_env_overrides() {
+    fn file_values_then_overrides() {
         let mut config =
             Config::from_toml("dedupe_window_ms = 10\n[limits]\nmemory_mb = 8\n").unwrap();
         assert_eq!(config.dedupe_window_ms, 10);
         assert_eq!(config.limits.memory_mb, 8);
         assert_eq!(config.limits.call_timeout_ms, 250, "defaults fill the rest");
-        config
-            .apply_env([
-                ("FLUX_DEDUPE_WINDOW_MS".to_string(), "99".to_string()),
-                ("FLUX_DEMO".to_string(), "true".to_string()),
+        config.apply(
+            overrides(&[
+                "--dedupe-window-ms",
+                "99",
+                "--demo",
+                "--auth-mode",
+                "jwt",
+                "--log-format",
+                "json",
             ])
-            .unwrap();
+            .unwrap(),
+        );
         assert_eq!(config.dedupe_window_ms, 99);
         assert!(config.demo.enabled);
+        assert_eq!(config.auth.mode, AuthMode::Jwt);
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.limits.memory_mb, 8, "what is not overridden stays");
     }
 
     #[test]
@@ -764,10 +809,10 @@ mod tests {
     }
 
     #[test]
-    fn bad_env_values_name_the_variable() {
-        let err = Config::default()
-            .apply_env([("FLUX_MEMORY_MB".to_string(), "lots".to_string())])
-            .unwrap_err();
-        assert!(err.to_string().contains("FLUX_MEMORY_MB"), "{err}");
+    fn bad_override_values_name_the_flag() {
+        let err = overrides(&["--memory-mb", "lots"]).unwrap_err();
+        assert!(err.to_string().contains("--memory-mb"), "{err}");
+        let err = overrides(&["--auth-mode", "maybe"]).unwrap_err();
+        assert!(err.to_string().contains("none, jwt"), "{err}");
     }
 }

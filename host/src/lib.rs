@@ -71,13 +71,13 @@ use crate::plugins::PluginSet;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot start the plugin runtime: {0}")]
-    Runtime(String),
+    Runtime(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("cannot read the plugin directory {dir}: {source}")]
     PluginDir { dir: String, source: std::io::Error },
     #[error("cannot open the precompiled plugin directory {dir}: {source}")]
     Precompiled { dir: String, source: std::io::Error },
     #[error("cannot create the Kafka bus: {0}")]
-    Bus(String),
+    Bus(#[from] rdkafka::error::KafkaError),
     #[error("invalid [auth] configuration: {0}")]
     Auth(#[from] auth::AuthSetupError),
     #[error("server error: {0}")]
@@ -135,7 +135,7 @@ pub async fn run(
             cache.clone(),
             metrics.clone(),
         )
-        .map_err(|e| RunError::Runtime(format!("{e:#}")))?,
+        .map_err(|e| RunError::Runtime(e.into()))?,
     );
 
     let mut tasks = JoinSet::new();
@@ -145,10 +145,7 @@ pub async fn run(
             .node_id
             .clone()
             .unwrap_or_else(|| default_node_id(listener.local_addr().ok()));
-        let kafka = Arc::new(
-            KafkaBus::new(&config.kafka, &node_id, metrics.clone())
-                .map_err(|e| RunError::Bus(e.to_string()))?,
-        );
+        let kafka = Arc::new(KafkaBus::new(&config.kafka, &node_id, metrics.clone())?);
         kafka.prepare_topics(vec![config.dead_letter_topic.clone()]);
         tracing::info!(node = %node_id, brokers = %config.kafka.brokers, "using the Kafka bus");
         let start = StartAt::Replay(config.kafka.warm_start_records);

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use flux_gateway::Listeners;
 use flux_gateway::auth::{self, TokenRequest};
 use flux_gateway::bus::KafkaBus;
-use flux_gateway::config::{Config, LogFormat};
+use flux_gateway::config::{Config, LogFormat, Overrides};
 use flux_gateway::metrics::Metrics;
 use flux_gateway::sim;
 use tokio::task::JoinSet;
@@ -24,30 +24,8 @@ struct Cli {
     /// TOML configuration file.
     #[arg(long, short, global = true)]
     config: Option<PathBuf>,
-    /// Address to listen on (port 0 picks a free port).
-    #[arg(long)]
-    listen: Option<String>,
-    /// Address of the private admin listener (`/metrics`, `/admin/*`); empty for none.
-    #[arg(long)]
-    admin_listen: Option<String>,
-    /// Directory of plugin `.wasm` files.
-    #[arg(long)]
-    plugin_dir: Option<PathBuf>,
-    /// Run the simulated upstream services on the embedded bus.
-    #[arg(long)]
-    demo: bool,
-    /// Log format.
-    #[arg(long, value_parser = ["human", "json"])]
-    log_format: Option<String>,
-    /// Window within which a repeated command is dropped, in milliseconds.
-    #[arg(long)]
-    dedupe_window_ms: Option<u64>,
-    /// Kafka bootstrap servers: use the Kafka bus instead of the embedded one.
-    #[arg(long, global = true)]
-    brokers: Option<String>,
-    /// This node's id (unique per gateway node; names its consumer groups).
-    #[arg(long)]
-    node_id: Option<String>,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 #[derive(Subcommand)]
@@ -79,33 +57,7 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut config = Config::load(cli.config.as_deref())?;
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
-    }
-    if let Some(admin_listen) = cli.admin_listen {
-        config.admin.listen = admin_listen;
-    }
-    if let Some(dir) = cli.plugin_dir {
-        config.plugin_dir = dir;
-    }
-    if let Some(format) = cli.log_format.as_deref() {
-        config.log_format = if format == "json" {
-            LogFormat::Json
-        } else {
-            LogFormat::Human
-        };
-    }
-    if let Some(window) = cli.dedupe_window_ms {
-        config.dedupe_window_ms = window;
-    }
-    config.demo.enabled |= cli.demo;
-    if let Some(brokers) = cli.brokers {
-        config.kafka.brokers = brokers;
-    }
-    if let Some(node_id) = cli.node_id {
-        config.kafka.node_id = Some(node_id);
-    }
+    let config = Config::load(cli.config.as_deref(), cli.overrides)?;
 
     let filter = EnvFilter::try_from_env("FLUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()

@@ -30,7 +30,9 @@ use crate::cache::SnapshotCache;
 use crate::metrics::{self, Metrics};
 use crate::pipeline::Pipeline;
 use crate::plugin::precompiled::content_digest;
-use crate::plugin::{GuardView, PluginHandle, PluginRuntime, Tripped, WIT_VERSION};
+use crate::plugin::{
+    CallFailure, GuardView, LoadError, PluginHandle, PluginRuntime, Tripped, WIT_VERSION,
+};
 
 /// One loaded version of a plugin.
 #[derive(Clone)]
@@ -138,8 +140,40 @@ pub enum LoadOutcome {
     StillRejected,
 }
 
-/// Why a file was not loaded: the plugin's name when it got as far as describing itself.
-type LoadFailure = (Option<String>, String);
+/// Why a file was not loaded. Shown to the operator as is.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("cannot read: {0}")]
+    Unreadable(#[from] std::io::Error),
+    #[error("the loader crashed: {0}")]
+    LoaderCrashed(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Invalid(#[from] LoadError),
+    #[error("a plugin named {name:?} is already loaded from {file}")]
+    NameTaken { name: String, file: String },
+    #[error("canary: {failure} on {records} recent records")]
+    Canary {
+        failure: CallFailure,
+        records: usize,
+    },
+    #[error("this build was rolled back; fix it and save again")]
+    RolledBack,
+}
+
+/// A rejection, and the plugin's name when the file got as far as naming one.
+struct FailedLoad {
+    plugin: Option<String>,
+    why: Rejection,
+}
+
+impl<E: Into<Rejection>> From<E> for FailedLoad {
+    fn from(why: E) -> Self {
+        Self {
+            plugin: None,
+            why: why.into(),
+        }
+    }
+}
 
 pub struct PluginSet {
     runtime: Arc<PluginRuntime>,
@@ -283,7 +317,7 @@ impl PluginSet {
         let bytes = match tokio::fs::read(file).await {
             Ok(bytes) => bytes,
             Err(e) => {
-                self.reject(file, None, None, format!("cannot read: {e}"));
+                self.reject(file, None, None, &e.into());
                 return None;
             }
         };
@@ -311,16 +345,16 @@ impl PluginSet {
                 }
                 Some(outcome)
             }
-            Err((plugin, reason)) => {
-                self.reject(file, plugin.as_deref(), Some(digest), reason);
+            Err(FailedLoad { plugin, why }) => {
+                self.reject(file, plugin.as_deref(), Some(digest), &why);
                 None
             }
         }
     }
 
     /// Logs, counts and keeps (for `/admin/plugins`) why `file` was not loaded.
-    fn reject(&self, file: &Path, plugin: Option<&str>, digest: Option<String>, reason: String) {
-        tracing::error!(file = %file.display(), "plugin rejected: {reason}");
+    fn reject(&self, file: &Path, plugin: Option<&str>, digest: Option<String>, why: &Rejection) {
+        tracing::error!(file = %file.display(), "plugin rejected: {why}");
         self.metrics
             .counter(
                 metrics::PLUGIN_RELOADS,
@@ -332,7 +366,7 @@ impl PluginSet {
             .inc();
         let rejected = Rejected {
             file: file.display().to_string(),
-            reason,
+            reason: why.to_string(),
             at_ms: now_ms(),
             digest,
         };
@@ -344,7 +378,7 @@ impl PluginSet {
         file: &Path,
         bytes: Vec<u8>,
         digest: String,
-    ) -> Result<LoadOutcome, LoadFailure> {
+    ) -> Result<LoadOutcome, FailedLoad> {
         let owner = self.slot_of_file(file);
         if let Some(slot) = &owner {
             let name = slot.name();
@@ -352,29 +386,30 @@ impl PluginSet {
                 return Ok(LoadOutcome::Unchanged(name));
             }
             if slot.standing.lock().refused_digest.as_deref() == Some(digest.as_str()) {
-                return Err((
-                    Some(name),
-                    "this build was rolled back; fix it and save again".into(),
-                ));
+                return Err(FailedLoad {
+                    plugin: Some(name),
+                    why: Rejection::RolledBack,
+                });
             }
         }
         let runtime = self.runtime.clone();
         let loading = digest.clone();
-        let handle = tokio::task::spawn_blocking(move || runtime.load_digested(&bytes, &loading))
-            .await
-            .map_err(|e| (None, format!("loader crashed: {e}")))?
-            .map_err(|e| (None, e.to_string()))?;
+        let handle =
+            tokio::task::spawn_blocking(move || runtime.load_digested(&bytes, &loading)).await??;
         let name = handle.manifest.name.clone();
-        let fail = |reason: String| (Some(name.clone()), reason);
+        let fail = |why: Rejection| FailedLoad {
+            plugin: Some(name.clone()),
+            why,
+        };
 
         let existing = self.slots.lock().get(&name).cloned();
         if let Some(slot) = &existing {
             let loaded_from = slot.active.read().file.clone();
             if loaded_from != file {
-                return Err(fail(format!(
-                    "a plugin named {name:?} is already loaded from {}",
-                    loaded_from.display()
-                )));
+                return Err(fail(Rejection::NameTaken {
+                    name: name.clone(),
+                    file: loaded_from.display().to_string(),
+                }));
             }
         }
         self.canary(&handle).await.map_err(fail)?;
@@ -407,7 +442,7 @@ impl PluginSet {
 
     /// Replays recent records of the plugin's topics through it: a version that traps on what
     /// production is sending right now never goes live.
-    async fn canary(&self, handle: &PluginHandle) -> Result<(), String> {
+    async fn canary(&self, handle: &PluginHandle) -> Result<(), Rejection> {
         let records = self.pipeline.recent_records(&handle.manifest.consumes);
         if records.is_empty() {
             return Ok(());
@@ -417,7 +452,10 @@ impl PluginSet {
             .on_records(records)
             .await
             .map(|_| ())
-            .map_err(|failure| format!("canary: {failure} on {count} recent records"))
+            .map_err(|failure| Rejection::Canary {
+                failure,
+                records: count,
+            })
     }
 
     fn add(&self, version: Version) -> LoadOutcome {
