@@ -55,8 +55,10 @@ fn packet_body(packet: &str, prefix: &str) -> Value {
 
 #[tokio::test]
 async fn run_serves_socket_io_on_port_0_and_stops_on_shutdown() {
-    let mut config = Config::default();
-    config.plugin_dir = domain_plugins();
+    let mut config = Config {
+        plugin_dir: domain_plugins(),
+        ..Config::default()
+    };
     config.demo.enabled = true;
     config.demo.ticker_every_ms = 50;
     config.reload.watch = false;
