@@ -14,32 +14,23 @@ import { fileURLToPath } from "node:url";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 process.env.FLUX_GATEWAY_BIN ??= join(root, "target/release/flux-gateway");
-const { mumbai, request, sleep, startGateway, wasmDir } = await import("../tests/e2e/harness.mjs");
+const { FAST_DEMO, mumbai, relayVersion, request, sleep, startGateway, wasmDir } = await import("../tests/e2e/harness.mjs");
 const WINDOW_MS = Number(process.env.WINDOW_MS ?? 20_000);
 const SETTLE_MS = Number(process.env.SETTLE_MS ?? 5_000);
 const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
-
-const relayBuild = readFileSync(join(wasmDir, "flux_fixture_relay.wasm"));
-function relay(tag, armedAt) {
-  const patched = Buffer.from(relayBuild);
-  for (const [marker, value] of [["FLUXTAG:v0000000", `FLUXTAG:${tag}`], ["FLUXARM:0000000000000000", `FLUXARM:${String(armedAt).padStart(16, "0")}`]]) {
-    Buffer.from(value).copy(patched, relayBuild.indexOf(Buffer.from(marker)));
-  }
-  return patched;
-}
 
 function cpuSeconds(pid) {
   const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
   return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
 }
 
-const DEMO = "[demo]\nenabled = true\nticker_every_ms = 20\nsnapshot_every_ms = 60000\n";
+
 const OFF = "[circuit]\nfailures = 1000000000\n";
 const variants = [
-  ["healthy plugin", "v0000000", DEMO],
-  ["looping, circuit and budget off (before)", "loop0001", `${DEMO}[limits]\ncpu_ms_per_sec = 0\n${OFF}`],
-  ["looping, CPU budget only", "loop0001", `${DEMO}${OFF}`],
-  ["looping, as shipped (circuit + budget)", "loop0001", DEMO],
+  ["healthy plugin", "v0000000", FAST_DEMO],
+  ["looping, circuit and budget off (before)", "loop0001", `${FAST_DEMO}[limits]\ncpu_ms_per_sec = 0\n${OFF}`],
+  ["looping, CPU budget only", "loop0001", `${FAST_DEMO}${OFF}`],
+  ["looping, as shipped (circuit + budget)", "loop0001", FAST_DEMO],
 ];
 
 const rows = [];
@@ -47,7 +38,7 @@ for (const [name, tag, toml] of variants) {
   const dir = mkdtempSync(join(tmpdir(), "flux-loop-bench-"));
   copyFileSync(join(wasmDir, "flux_crypto.wasm"), join(dir, "crypto.wasm"));
   // Loaded first, before any record: no canary catches it (as on a fresh start).
-  writeFileSync(join(dir, "0-relay.wasm"), relay(tag, tag.startsWith("loop") ? 1 : 0));
+  writeFileSync(join(dir, "0-relay.wasm"), relayVersion(tag, tag.startsWith("loop") ? 1 : 0));
   const gateway = await startGateway(toml, { plugins: dir });
   try {
     const client = await gateway.open();

@@ -5,18 +5,13 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { copyFileSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { eventually, mumbai, nextEvent, request, sleep, startGateway, wasmDir } from "./harness.mjs";
+import { FAST_DEMO, deploy, eventually, mumbai, nextEvent, relayVersion, request, sleep, startGateway, wasmDir } from "./harness.mjs";
 
-const GATEWAY = `
-[demo]
-enabled = true
-ticker_every_ms = 20
-snapshot_every_ms = 60000
-answer_after_ms = 20
+const GATEWAY = `${FAST_DEMO}
 [reload]
 debounce_ms = 50
 [circuit]
@@ -24,19 +19,6 @@ failures = 5
 open_ms = 2000
 max_open_ms = 4000
 `;
-
-const relayBuild = readFileSync(join(wasmDir, "flux_fixture_relay.wasm"));
-
-/** The relay fixture with its tag patched; a `loop` version spins on every record stamped from `armedAt`. */
-function relay(tag, armedAt = 0) {
-  const patched = Buffer.from(relayBuild);
-  for (const [marker, value] of [["FLUXTAG:v0000000", `FLUXTAG:${tag}`], ["FLUXARM:0000000000000000", `FLUXARM:${String(armedAt).padStart(16, "0")}`]]) {
-    const at = relayBuild.indexOf(Buffer.from(marker));
-    assert.ok(at >= 0, `the relay fixture carries ${marker}`);
-    Buffer.from(value).copy(patched, at);
-  }
-  return patched;
-}
 
 const TICKS_PER_SECOND = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 
@@ -61,7 +43,7 @@ test("a plugin that loops on every record: its circuit opens, the CPU comes back
   // Loaded first (files load in name order), before any record was seen: no canary can catch
   // it, as on a fresh start. It spins on every record.
   const file = join(dir, "0-relay.wasm");
-  writeFileSync(file, relay("loop0001", 1));
+  writeFileSync(file, relayVersion("loop0001", 1));
   const gateway = await startGateway(GATEWAY, { plugins: dir });
   t.after(async () => {
     await gateway.stop();
@@ -96,9 +78,7 @@ test("a plugin that loops on every record: its circuit opens, the CPU comes back
   assert.ok(await gateway.metric("flux_dead_letters_total", 'plugin="relay"') > 50, "its records are dead-lettered, not stalled");
 
   // A fixed version closes the circuit and serves.
-  const temporary = join(dir, ".0-relay.wasm.tmp");
-  writeFileSync(temporary, relay("v0000002"));
-  renameSync(temporary, file);
+  deploy(file, relayVersion("v0000002"));
   await eventually(async () => (await relayView()).version === "v0000002", { what: "the fixed version" });
   assert.equal((await request(client, "relayJoin")).data.tag, "v0000002");
   await nextEvent(client, "relayTick", { accept: (p) => p.data.tag === "v0000002" });

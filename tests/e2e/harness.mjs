@@ -2,7 +2,7 @@
 // Every wait has a timeout: a broken gateway fails a test, it never hangs the suite.
 
 import { spawn } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -14,6 +14,41 @@ export const pluginDir = process.env.FLUX_PLUGIN_DIR ?? join(root, "target/plugi
 export const wasmDir = process.env.FLUX_WASM_DIR ?? join(root, "target/wasm32-wasip2/release");
 
 export const sleep = (ms) => new Promise((done) => setTimeout(done, ms));
+
+/** The demo services at test speed: the ticker every 20 ms, scheduled snapshots out of the way. */
+export const FAST_DEMO = `
+[demo]
+enabled = true
+ticker_every_ms = 20
+snapshot_every_ms = 60000
+answer_after_ms = 20
+`;
+
+let relayBuild;
+
+/**
+ * The `relay` fixture with its 8-character version tag patched in — a distinct version per
+ * tag, without a rebuild (see tests/fixtures/relay) — and, for `trap` and `loop` versions, the
+ * unix time (ms) from which they misbehave on every record.
+ */
+export function relayVersion(tag, armedAt = 0) {
+  if (tag.length !== 8) throw new Error(`a relay tag has 8 characters: ${tag}`);
+  relayBuild ??= readFileSync(join(wasmDir, "flux_fixture_relay.wasm"));
+  const patched = Buffer.from(relayBuild);
+  for (const [marker, value] of [["FLUXTAG:v0000000", `FLUXTAG:${tag}`], ["FLUXARM:0000000000000000", `FLUXARM:${String(armedAt).padStart(16, "0")}`]]) {
+    const at = relayBuild.indexOf(Buffer.from(marker));
+    if (at < 0) throw new Error(`the relay fixture carries no ${marker}`);
+    Buffer.from(value).copy(patched, at);
+  }
+  return patched;
+}
+
+/** Writes like a build tool: a hidden temporary file, renamed over `file`. */
+export function deploy(file, bytes) {
+  const temporary = join(dirname(file), `.${basename(file)}.tmp`);
+  writeFileSync(temporary, bytes);
+  renameSync(temporary, file);
+}
 
 /** Rejects after `ms` with `what` in the message. */
 export function withTimeout(promise, ms, what) {

@@ -2,18 +2,13 @@
 // rolled back, added and removed in its plugin directory while events flow.
 
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
-import { eventually, nextEvent, request, sleep, startGateway, wasmDir } from "./harness.mjs";
+import { FAST_DEMO, deploy, eventually, nextEvent, relayVersion, request, sleep, startGateway, wasmDir } from "./harness.mjs";
 
-const GATEWAY = `
-[demo]
-enabled = true
-ticker_every_ms = 20
-snapshot_every_ms = 60000
-answer_after_ms = 20
+const GATEWAY = `${FAST_DEMO}
 [reload]
 debounce_ms = 50
 [circuit]
@@ -21,35 +16,12 @@ failures = 3
 window_ms = 10000
 `;
 
-const relayBuild = readFileSync(join(wasmDir, "flux_fixture_relay.wasm"));
-const MARKER = Buffer.from("FLUXTAG:v0000000");
-const ARM_MARKER = Buffer.from("FLUXARM:0000000000000000");
-
-/**
- * The relay fixture with its 8-character tag patched: a distinct version per tag. A `trap`
- * version fails on every record stamped from `armedAt` (unix ms) on.
- */
-function relay(tag, armedAt = 0) {
-  assert.equal(tag.length, 8);
-  const patched = Buffer.from(relayBuild);
-  for (const [marker, value] of [[MARKER, `FLUXTAG:${tag}`], [ARM_MARKER, `FLUXARM:${String(armedAt).padStart(16, "0")}`]]) {
-    const at = relayBuild.indexOf(marker);
-    assert.ok(at >= 0, `the relay fixture carries its marker ${marker}`);
-    Buffer.from(value).copy(patched, at);
-  }
-  return patched;
-}
-
-/** Writes like a build tool: a hidden temporary file, renamed over the old one. */
-function deploy(dir, name, bytes) {
-  const temporary = join(dir, `.${name}.tmp`);
-  writeFileSync(temporary, bytes);
-  renameSync(temporary, join(dir, name));
-}
+const relay = relayVersion;
+const deployAs = (dir, name, bytes) => deploy(join(dir, name), bytes);
 
 async function setup(t, config = GATEWAY) {
   const dir = mkdtempSync(join(tmpdir(), "flux-reload-"));
-  deploy(dir, "relay.wasm", relay("v0000000"));
+  deployAs(dir, "relay.wasm", relay("v0000000"));
   const gateway = await startGateway(config, { plugins: dir });
   t.after(async () => {
     await gateway.stop();
@@ -78,7 +50,7 @@ test("20 hot swaps under live traffic: no disconnect, no lost or repeated event"
     const tag = `v${String(i).padStart(7, "0")}`;
     const since = clients.map((c) => c.received.length);
     const written = performance.now();
-    deploy(dir, "relay.wasm", relay(tag));
+    deployAs(dir, "relay.wasm", relay(tag));
     await Promise.all(clients.map((c, n) => nextEvent(c, "relayTick", { ...tagged(tag), since: since[n] })));
     swapTimes.push(performance.now() - written);
   }
@@ -143,12 +115,12 @@ test("a version that starts trapping after deploy is rolled back automatically",
   const { dir, gateway, open, admin } = await setup(t);
   const client = await open();
   await request(client, "relayJoin");
-  deploy(dir, "relay.wasm", relay("v0000001"));
+  deployAs(dir, "relay.wasm", relay("v0000001"));
   await nextEvent(client, "relayTick", tagged("v0000001"));
 
   // Passes its canary and serves for a second, then fails on every record.
   const broken = relay("trap0002", Date.now() + 1_000);
-  deploy(dir, "relay.wasm", broken);
+  deployAs(dir, "relay.wasm", broken);
   await nextEvent(client, "relayTick", tagged("trap0002"));
   const view = await eventually(
     async () => (await admin()).plugins.find((p) => p.name === "relay" && p.state === "rolled_back"),
@@ -161,7 +133,7 @@ test("a version that starts trapping after deploy is rolled back automatically",
   await nextEvent(client, "relayTick", { ...tagged("v0000001"), since });
   assert.equal(await gateway.metric("flux_plugin_reloads_total", 'plugin="relay",outcome="rolled_back"'), 1);
   // The same broken bytes are not loaded again.
-  deploy(dir, "relay.wasm", broken);
+  deployAs(dir, "relay.wasm", broken);
   const refused = await eventually(async () => (await admin()).rejected.find((r) => r.file.endsWith("relay.wasm")), {
     what: "the rolled-back build to be refused",
   });
@@ -173,7 +145,7 @@ test("a plugin added and removed at runtime", async (t) => {
   const client = await open();
   assert.equal((await request(client, "exampleRequest")).status, "error", "no such domain yet");
 
-  deploy(dir, "example.wasm", readFileSync(join(wasmDir, "flux_template.wasm")));
+  deployAs(dir, "example.wasm", readFileSync(join(wasmDir, "flux_template.wasm")));
   await eventually(async () => (await admin()).plugins.some((p) => p.name === "example"), { what: "the new plugin" });
   assert.equal((await request(client, "exampleRequest")).status, "loading", "the new domain answers");
 
@@ -192,7 +164,7 @@ test("a version that declares other topics: consumption follows", async (t) => {
   await request(client, "relayJoin");
   await nextEvent(client, "relayTick", tagged("v0000000"));
 
-  deploy(dir, "relay.wasm", relay("news0001"));
+  deployAs(dir, "relay.wasm", relay("news0001"));
   const news = await nextEvent(client, "relayTick", tagged("news0001"));
   assert.equal(news.data.topic, "news.service.event.updated");
   assert.deepEqual((await admin()).plugins.find((p) => p.name === "relay").consumes, ["news.service.event.updated"]);
@@ -209,7 +181,7 @@ test("a rollback across a change of topics: consumption follows the version roll
   await request(client, "relayJoin");
   await nextEvent(client, "relayTick", tagged("v0000000"));
 
-  deploy(dir, "relay.wasm", relay("newstrap", Date.now() + 1_500));
+  deployAs(dir, "relay.wasm", relay("newstrap", Date.now() + 1_500));
   const news = await nextEvent(client, "relayTick", tagged("newstrap"));
   assert.equal(news.data.topic, "news.service.event.updated");
   const view = await eventually(
@@ -236,7 +208,7 @@ event_burst = 1000
   const attacker = await open();
   const user = await open();
   await request(user, "relayJoin");
-  deploy(dir, "relay.wasm", relay("v0000001"));
+  deployAs(dir, "relay.wasm", relay("v0000001"));
   await nextEvent(user, "relayTick", tagged("v0000001"));
 
   for (let i = 0; i < 20; i++) {
@@ -254,7 +226,7 @@ event_burst = 1000
   assert.equal(await gateway.metric("flux_plugin_reloads_total", 'plugin="relay",outcome="rolled_back"'), 0);
 
   // A real fault of a new version still rolls it back.
-  deploy(dir, "relay.wasm", relay("trap0002", Date.now() + 1_000));
+  deployAs(dir, "relay.wasm", relay("trap0002", Date.now() + 1_000));
   await eventually(
     async () => (await admin()).plugins.find((p) => p.name === "relay" && p.state === "rolled_back" && p.version === "v0000001"),
     { what: "the rollback of the faulty version" },
