@@ -23,10 +23,10 @@ use crate::bus::Bus;
 use crate::config::SocketConfig;
 use crate::delivery::{MustDeliver, SlowClients, must_deliver};
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
+use crate::lifecycle::PluginSet;
 use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
 use crate::plugin::{CallFailure, Caller, ClientRequest, RequestError};
-use crate::plugins::PluginSet;
 use crate::throttle::{
     AddressFull, AddressLimits, AddressSlot, CommandBudget, EventBudget, Verdict,
 };

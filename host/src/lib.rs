@@ -6,12 +6,16 @@
 //! (emit to a room, reply, join, cache, publish), which the host validates and applies.
 //!
 //! # Layout
-//! - [`config`]: TOML configuration with environment overrides; unknown keys rejected.
+//! - [`config`]: TOML configuration with flag and environment overrides; unknown keys
+//!   rejected.
 //! - [`auth`]: handshake authentication (JWT: HS256, RS256/ES256 PEM keys, JWKS) and principals.
 //! - [`origins`]: the browser origin allowlist and CORS.
 //! - [`bus`]: the bus seam (records as Kafka carries them), the embedded bus and the Kafka bus.
-//! - [`plugin`]: the WIT bindings, manifests, and the wasmtime runtime with per-call limits.
-//! - [`plugins`]: the live plugin set: load, canary, hot swap, unload, roll back.
+//! - [`plugin`]: the WIT bindings and manifests; loading ([`plugin::runtime`]), the worker
+//!   per version ([`plugin::worker`]), the instance and host imports ([`plugin::instance`]),
+//!   each version's circuit and CPU budget ([`plugin::circuit`]), precompiled artifacts.
+//! - [`lifecycle`]: the live plugin set, the one owner of versions: load, canary, hot swap,
+//!   unload, roll back.
 //! - [`watch`]: the plugin-directory watcher that drives hot reload.
 //! - [`pipeline`]: bus records and timers into plugins, in order and in batches.
 //! - [`dispatch`]: validating and applying plugin actions; room emits and hydration ordering.
@@ -34,13 +38,13 @@ pub mod delivery;
 pub mod dispatch;
 pub mod gateway;
 pub mod http;
+pub mod lifecycle;
 pub mod logs;
 pub mod metrics;
 pub mod origins;
 pub mod pattern;
 pub mod pipeline;
 pub mod plugin;
-pub mod plugins;
 pub mod sim;
 pub mod throttle;
 pub mod watch;
@@ -63,10 +67,10 @@ use crate::cache::SnapshotCache;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::gateway::Gateway;
+use crate::lifecycle::PluginSet;
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineConfig};
 use crate::plugin::{PluginRuntime, PrecompiledCache};
-use crate::plugins::PluginSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -22,7 +22,7 @@ use crate::bus::{Bus, BusRecord, Delivery, StartAt};
 use crate::dispatch::{Dispatcher, Origin};
 use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
-use crate::plugin::runtime::RecordOutcome;
+use crate::plugin::RecordOutcome;
 use crate::plugin::{PluginHandle, WitRecord};
 
 /// How the pipeline treats records, from configuration.

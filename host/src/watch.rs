@@ -18,7 +18,7 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::plugins::{PluginSet, is_plugin_file};
+use crate::lifecycle::{PluginSet, is_plugin_file};
 
 /// How often a lost directory watch is retried.
 const REWATCH_EVERY: Duration = Duration::from_secs(1);

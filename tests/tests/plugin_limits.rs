@@ -9,13 +9,13 @@ use flux_gateway::bus::{Bus, BusRecord, EmbeddedBus, StartAt};
 use flux_gateway::cache::SnapshotCache;
 use flux_gateway::config::{CircuitConfig, PluginLimits, PluginPolicy, Policies};
 use flux_gateway::dispatch::{Dispatcher, Origin};
+use flux_gateway::lifecycle::PluginSet;
 use flux_gateway::metrics::{self, Metrics};
 use flux_gateway::pipeline::{Pipeline, PipelineConfig};
 use flux_gateway::plugin::{
     Action, CallFailure, Caller, CircuitState, ClientRequest, LoadError, PluginHandle,
     PluginRuntime, PrecompiledCache, WitRecord,
 };
-use flux_gateway::plugins::PluginSet;
 use flux_tests::wasm;
 
 const CALL_TIMEOUT: Duration = Duration::from_millis(100);
@@ -297,7 +297,7 @@ impl LiveSet {
         )
     }
 
-    fn view(&self) -> flux_gateway::plugins::SlotView {
+    fn view(&self) -> flux_gateway::lifecycle::SlotView {
         self.plugins.views().0.remove(0)
     }
 

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::runtime::CallFailure;
+use super::worker::CallFailure;
 use crate::config::CircuitConfig;
 use crate::metrics::{self, Counter, Gauge, Metrics};
 

@@ -4,8 +4,10 @@
 //! `describe()` — the authority against which every action it returns is checked.
 
 pub mod circuit;
+pub mod instance;
 pub mod precompiled;
 pub mod runtime;
+pub mod worker;
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -13,11 +15,10 @@ use std::time::Duration;
 use crate::pattern::NamePattern;
 
 pub use circuit::{CircuitState, GuardView, Tripped};
+pub use instance::PluginInstance;
 pub use precompiled::PrecompiledCache;
-pub use runtime::{
-    Answer, CallFailure, Caller, LoadError, PluginHandle, PluginInstance, PluginRuntime,
-    RecordOutcome,
-};
+pub use runtime::{LoadError, PluginRuntime};
+pub use worker::{Answer, CallFailure, Caller, PluginHandle, RecordOutcome};
 
 /// Host bindings for the `plugin` world: the one place generated from `wit/`.
 pub mod bindings {
