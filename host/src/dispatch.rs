@@ -8,10 +8,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::FutureExt;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use parking_lot::{Mutex, MutexGuard};
 use serde_json::value::RawValue;
 use socketioxide::extract::SocketRef;
@@ -131,14 +133,24 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     gates: RoomGates,
     recent_publishes: moka::sync::Cache<(String, String), ()>,
-    /// Per plugin name (so it survives a reload): a token bucket of publishes.
-    publish_budgets: Mutex<HashMap<String, Budget>>,
+    /// Per plugin name (so it survives a reload): publishes per second, bursts of one
+    /// second's worth.
+    publish_budgets: Mutex<HashMap<String, PublishBudget>>,
 }
 
-/// Tokens refill at `rate` per second up to one second's worth.
-struct Budget {
-    tokens: f64,
-    refilled: Instant,
+/// A plugin's publish rate, and the limiter that enforces it.
+struct PublishBudget {
+    rate: NonZeroU32,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl PublishBudget {
+    fn new(rate: NonZeroU32) -> Self {
+        Self {
+            rate,
+            limiter: RateLimiter::direct(Quota::per_second(rate)),
+        }
+    }
 }
 
 impl Dispatcher {
@@ -380,25 +392,18 @@ impl Dispatcher {
     }
 
     fn publish_allowed(&self, plugin: &str, rate: u32) -> bool {
-        if rate == 0 {
+        let Some(rate) = NonZeroU32::new(rate) else {
             return true;
-        }
-        let rate = f64::from(rate);
+        };
         let mut budgets = self.publish_budgets.lock();
-        let now = Instant::now();
-        let budget = budgets.entry(plugin.to_owned()).or_insert(Budget {
-            tokens: rate,
-            refilled: now,
-        });
-        budget.tokens =
-            (budget.tokens + now.duration_since(budget.refilled).as_secs_f64() * rate).min(rate);
-        budget.refilled = now;
-        if budget.tokens >= 1.0 {
-            budget.tokens -= 1.0;
-            true
-        } else {
-            false
+        let budget = budgets
+            .entry(plugin.to_owned())
+            .or_insert_with(|| PublishBudget::new(rate));
+        // A reloaded version with another rate gets a fresh budget at that rate.
+        if budget.rate != rate {
+            *budget = PublishBudget::new(rate);
         }
+        budget.limiter.check().is_ok()
     }
 
     fn emit_to_room(&self, room: &str, event: &str, payload: &RawValue) {
