@@ -23,7 +23,7 @@ use crate::bus::{Bus, BusRecord, PublishError};
 use crate::cache::{Entry, Hydration, SnapshotCache};
 use crate::delivery::{MustDeliver, must_deliver};
 use crate::logs::Throttle;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Counter, Metrics};
 use crate::pattern::NamePattern;
 use crate::plugin::{Action, PluginHandle};
 use crate::throttle::CommandBudget;
@@ -132,6 +132,9 @@ pub struct Dispatcher {
     cache: Arc<SnapshotCache>,
     metrics: Arc<Metrics>,
     gates: RoomGates,
+    room_emits: Counter,
+    room_emits_conflated: Counter,
+    hydrations: Counter,
     recent_publishes: moka::sync::Cache<(String, String), ()>,
     /// Per plugin name (so it survives a reload): publishes per second, bursts of one
     /// second's worth.
@@ -166,6 +169,9 @@ impl Dispatcher {
             io,
             bus,
             cache,
+            room_emits: metrics.counter(metrics::ROOM_EMITS, &[]),
+            room_emits_conflated: metrics.counter(metrics::ROOM_EMITS_CONFLATED, &[]),
+            hydrations: metrics.counter(metrics::HYDRATIONS, &[]),
             metrics,
             gates: RoomGates::new(),
             recent_publishes: moka::sync::Cache::builder()
@@ -426,14 +432,12 @@ impl Dispatcher {
                     .iter()
                     .filter(|e| matches!(e, SocketError::InternalChannelFull))
                     .count();
-                self.metrics
-                    .counter(metrics::ROOM_EMITS_CONFLATED, &[])
-                    .add(lagging as u64);
+                self.room_emits_conflated.add(lagging as u64);
             }
             Some(Err(e)) => tracing::debug!(room, event, "a room event was not sent: {e}"),
             _ => {}
         }
-        self.metrics.counter(metrics::ROOM_EMITS, &[]).inc();
+        self.room_emits.inc();
     }
 
     /// Takes `socket` out of its rooms matching `patterns` that `plugin` declared, except the
@@ -476,7 +480,7 @@ impl Dispatcher {
             if let Some(hydrate) = &entry.hydrate {
                 let sent = socket.emit(&hydrate.event, &*entry.payload);
                 must_deliver(socket, MustDeliver::Hydration, sent);
-                self.metrics.counter(metrics::HYDRATIONS, &[]).inc();
+                self.hydrations.inc();
             }
         }
     }

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use crate::bus::{Bus, BusRecord, Delivery, StartAt};
 use crate::dispatch::{Dispatcher, Origin};
 use crate::logs::Throttle;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Counter, Metrics};
 use crate::plugin::RecordOutcome;
 use crate::plugin::{PluginHandle, WitRecord};
 
@@ -90,6 +90,7 @@ impl Pipeline {
             let consumer = Consumer {
                 active: active.clone(),
                 pipeline: self.clone(),
+                probes: Mutex::default(),
             };
             tasks.spawn(consumer.run(deliveries, stopped.clone()));
         }
@@ -127,6 +128,25 @@ impl Pipeline {
 struct Consumer {
     active: watch::Receiver<PluginHandle>,
     pipeline: Pipeline,
+    /// Per topic, this consumer's record counters: looked up once, not per record.
+    probes: Mutex<HashMap<String, TopicProbes>>,
+}
+
+struct TopicProbes {
+    processed: Counter,
+    failed: Counter,
+    dead_lettered: Counter,
+}
+
+impl TopicProbes {
+    fn new(metrics: &Metrics, plugin: &str, topic: &str) -> Self {
+        let labels = [("plugin", plugin), ("topic", topic)];
+        Self {
+            processed: metrics.counter(metrics::RECORDS, &labels),
+            failed: metrics.counter(metrics::RECORDS_FAILED, &labels),
+            dead_lettered: metrics.counter(metrics::DEAD_LETTERS, &labels),
+        }
+    }
 }
 
 impl Consumer {
@@ -241,20 +261,21 @@ impl Consumer {
                     Origin::Live
                 };
                 self.pipeline.dispatcher.apply(plugin, actions, origin);
-                self.pipeline
-                    .metrics
-                    .counter(
-                        metrics::RECORDS,
-                        &[
-                            ("plugin", &manifest.name),
-                            ("topic", &delivery.record.topic),
-                        ],
-                    )
-                    .inc();
+                self.count(&manifest.name, &delivery.record.topic, |p| &p.processed);
                 delivery.processed();
             }
             Err(reason) => self.dead_letter(plugin, delivery, &reason),
         }
+    }
+
+    fn count(&self, plugin: &str, topic: &str, counter: impl Fn(&TopicProbes) -> &Counter) {
+        let mut probes = self.probes.lock();
+        if let Some(known) = probes.get(topic) {
+            return counter(known).inc();
+        }
+        let fresh = TopicProbes::new(&self.pipeline.metrics, plugin, topic);
+        counter(&fresh).inc();
+        probes.insert(topic.to_owned(), fresh);
     }
 
     /// Counts, logs and forwards a record no plugin could process, with the reason in headers.
@@ -265,15 +286,8 @@ impl Consumer {
         if let Some(held_back) = DEAD_LETTERED.admit(plugin) {
             tracing::warn!(plugin = %plugin, position = %record.position(), held_back, "record dead-lettered: {reason}");
         }
-        let labels = [
-            ("plugin", plugin.as_str()),
-            ("topic", record.topic.as_str()),
-        ];
+        self.count(plugin, &record.topic, |p| &p.failed);
         let pipeline = &self.pipeline;
-        pipeline
-            .metrics
-            .counter(metrics::RECORDS_FAILED, &labels)
-            .inc();
         let mut letter = BusRecord::now(
             &pipeline.config.dead_letter_topic,
             record.key.as_deref(),
@@ -293,10 +307,7 @@ impl Consumer {
                 .push(("x-flux-source-offset".into(), offset.to_string()));
         }
         match pipeline.bus.publish(letter) {
-            Ok(()) => pipeline
-                .metrics
-                .counter(metrics::DEAD_LETTERS, &labels)
-                .inc(),
+            Ok(()) => self.count(plugin, &record.topic, |p| &p.dead_lettered),
             Err(e) => tracing::error!(position = %record.position(), "cannot dead-letter: {e}"),
         }
         delivery.processed();
