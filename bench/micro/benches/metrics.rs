@@ -1,5 +1,6 @@
 //! What counting one record costs: the metric looked up by name and labels at each record (as
-//! the pipeline did), against a handle resolved once per plugin and topic (as it does now).
+//! the pipeline did), against the consumer's own map of handles by topic (as it does now, see
+//! `pipeline.rs`), and a bare resolved handle.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use flux_gateway::metrics::{self, Metrics};
@@ -21,6 +22,18 @@ fn count_a_record(c: &mut Criterion) {
     let mut group = c.benchmark_group("count a record");
     group.bench_function("looked up by name and labels", |b| {
         b.iter(|| metrics.counter(metrics::RECORDS, &labels).inc())
+    });
+    let by_topic = parking_lot::Mutex::new(std::collections::HashMap::from([(
+        "crypto.service.event.ticker".to_owned(),
+        metrics.counter(metrics::RECORDS, &labels),
+    )]));
+    let topic = String::from("crypto.service.event.ticker");
+    group.bench_function("consumer's handle by topic", |b| {
+        b.iter(|| {
+            if let Some(counter) = by_topic.lock().get(topic.as_str()) {
+                counter.inc();
+            }
+        })
     });
     let handle = metrics.counter(metrics::RECORDS, &labels);
     group.bench_function("resolved handle", |b| b.iter(|| handle.inc()));
