@@ -460,6 +460,7 @@ impl PluginSet {
 
     fn add(&self, version: Version) -> LoadOutcome {
         let name = version.handle.manifest.name.clone();
+        version.handle.guard.report_state();
         let slot = Arc::new(Slot {
             live: watch::channel(version.handle.clone()).0,
             active: RwLock::new(version),
@@ -491,6 +492,7 @@ impl PluginSet {
         let handle = version.handle.clone();
         let old = std::mem::replace(&mut *slot.active.write(), version);
         slot.live.send_replace(handle.clone());
+        handle.guard.report_state();
         let (before, after) = (&old.handle.manifest, &handle.manifest);
         if before.consumes != after.consumes || before.timers != after.timers {
             tracing::info!(plugin = %after.name, "declared topics or timers changed; consumption follows");

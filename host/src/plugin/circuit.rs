@@ -212,15 +212,7 @@ impl Circuit {
     }
 
     fn tripped(&self, now: Instant) -> bool {
-        let window = self.config.window();
-        let (calls, failures) = self
-            .buckets
-            .iter()
-            .filter(|b| {
-                b.started
-                    .is_some_and(|s| now.saturating_duration_since(s) < window)
-            })
-            .fold((0u32, 0u32), |(c, f), b| (c + b.calls, f + b.failures));
+        let (calls, failures) = self.window_counts(now);
         failures >= self.config.failures.max(1)
             && f64::from(failures) >= self.config.failure_ratio * f64::from(calls)
     }
@@ -239,7 +231,7 @@ impl Circuit {
         self.charged.clear();
     }
 
-    /// Calls and failures charged within the window, for display.
+    /// Calls and failures charged within the window.
     fn window_counts(&self, now: Instant) -> (u32, u32) {
         let window = self.config.window();
         self.buckets
@@ -417,7 +409,6 @@ impl Guard {
             throttled: metrics.counter(metrics::PLUGIN_CPU_THROTTLED, &labels),
             slow: metrics.counter(metrics::PLUGIN_SLOW_CALLS, &labels),
         };
-        probes.state.set(CircuitState::Closed.gauge_value());
         Self {
             guarded: Mutex::new(Guarded {
                 circuit: Circuit::new(circuit),
@@ -483,6 +474,13 @@ impl Guard {
                 }
             }
         }
+    }
+
+    /// Sets `flux_plugin_circuit_state` to this version's state: called when it goes live
+    /// (a candidate that is canaried and rejected never touches it).
+    pub fn report_state(&self) {
+        let state = self.guarded.lock().circuit.state();
+        self.probes.state.set(state.gauge_value());
     }
 
     /// How long the caller of a record batch or timer should wait for the CPU budget.
