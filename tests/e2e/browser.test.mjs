@@ -6,12 +6,13 @@
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { readFileSync, mkdirSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
-import { connect, connectError, gatewayBin, root, startGateway, withTimeout } from "./harness.mjs";
+import { FAST_DEMO, connect, connectError, eventually, gatewayBin, pluginDir, relayVersion, root, startGateway, withTimeout } from "./harness.mjs";
 import { UUID } from "./shapes.mjs";
 
 const CHROMIUM = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
@@ -357,6 +358,48 @@ describe("a gateway that requires tokens, in headless Chromium", () => {
       } finally {
         await handle.close();
       }
+    }
+  });
+});
+
+describe("the demo page next to a plugin whose circuit is open", () => {
+  let gateway, browser, dir;
+
+  before(async () => {
+    // The four domains, and a relay version that spins on every record, loaded first (before
+    // any record, so no canary catches it): its circuit opens within seconds.
+    dir = mkdtempSync(join(tmpdir(), "flux-browser-circuit-"));
+    for (const domain of ["weather", "crypto", "news", "stocks"]) copyFileSync(join(pluginDir, `flux_${domain}.wasm`), join(dir, `flux_${domain}.wasm`));
+    writeFileSync(join(dir, "0-relay.wasm"), relayVersion("loop0001", 1));
+    gateway = await startGateway(FAST_DEMO.replace("snapshot_every_ms = 60000", "snapshot_every_ms = 500"), { plugins: dir });
+    await eventually(async () => (await (await gateway.admin("/admin/plugins")).json()).plugins.some((p) => p.name === "relay" && p.circuit === "open"), {
+      what: "the looping plugin's circuit to open",
+    });
+    browser = await withTimeout(chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS, headless: true }), 30_000, "Chromium to start");
+  });
+
+  after(async () => {
+    await browser?.close();
+    await gateway?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("the page is served in full, and a request to the broken plugin is refused in words at once", { timeout: 90_000 }, async () => {
+    const handle = await openPage(browser, `${gateway.url}/`);
+    try {
+      await until(handle, "the upgrade to websocket", () => window.flux.socket.io.engine.transport.name === "websocket");
+      await assertLive(handle);
+      const answer = await handle.page.evaluate(async () => {
+        const started = performance.now();
+        const reply = await window.flux.socket.timeout(5_000).emitWithAck("relayJoin");
+        return { reply, ms: performance.now() - started };
+      });
+      assert.equal(answer.reply.status, "error");
+      assert.match(answer.reply.message, /relay service is temporarily unavailable/);
+      await until(handle, "the refusal on the page", () => /relay service is temporarily unavailable/.test(document.getElementById("errors").textContent));
+      console.log(`# a request to the open-circuit plugin answered in ${answer.ms.toFixed(0)} ms`);
+    } finally {
+      await handle.close();
     }
   });
 });
