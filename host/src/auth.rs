@@ -23,7 +23,8 @@ use parking_lot::RwLock;
 use serde_json::{Map, Value};
 
 use crate::config::{AuthConfig, AuthMode, Secret};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{Metrics, OutcomeLabels};
+use crate::telemetry::{InternalEvent, JwksFetched};
 
 /// Longest token accepted: verification cost and memory stay bounded.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -190,7 +191,8 @@ impl Authenticator {
             Err(refusal) => refusal.outcome(),
         };
         self.metrics
-            .counter(metrics::AUTH_HANDSHAKES, &[("outcome", outcome)])
+            .auth_handshakes
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
         verified
     }
@@ -372,20 +374,21 @@ impl Jwks {
             return;
         }
         *fetched = Some(Instant::now());
-        let outcome = match self.fetch().await {
+        match self.fetch().await {
             Ok(keys) => {
-                tracing::info!(url = %self.url, keys = keys.len(), "JWKS fetched");
+                JwksFetched {
+                    url: &self.url,
+                    outcome: Ok(keys.len()),
+                }
+                .emit(&self.metrics);
                 *self.keys.write() = keys;
-                "ok"
             }
-            Err(e) => {
-                tracing::warn!(url = %self.url, "JWKS fetch failed; keeping the known keys: {e}");
-                "error"
+            Err(e) => JwksFetched {
+                url: &self.url,
+                outcome: Err(&e),
             }
-        };
-        self.metrics
-            .counter(metrics::JWKS_FETCHES, &[("outcome", outcome)])
-            .inc();
+            .emit(&self.metrics),
+        }
     }
 
     async fn fetch(&self) -> Result<HashMap<String, DecodingKey>, String> {

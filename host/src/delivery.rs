@@ -11,8 +11,8 @@ use socketioxide::SendError;
 use socketioxide::SocketError;
 use socketioxide::extract::SocketRef;
 
-use crate::logs::Throttle;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
+use crate::telemetry::{InternalEvent, SlowClientDisconnected};
 
 /// A packet the client must get.
 #[derive(Debug, Clone, Copy)]
@@ -48,16 +48,11 @@ pub fn must_deliver(socket: &SocketRef, what: MustDeliver, sent: Result<(), Send
         return;
     }
     if let Some(SlowClients(metrics)) = socket.extensions.get::<SlowClients>() {
-        metrics
-            .counter(
-                metrics::SLOW_CLIENT_DISCONNECTS,
-                &[("missed", what.label())],
-            )
-            .inc();
-    }
-    static SLOW: Throttle = Throttle::new();
-    if let Some(held_back) = SLOW.admit("slow client") {
-        tracing::info!(socket = %socket.id, missed = what.label(), held_back, "a client that does not read could not take a packet it must get: disconnecting");
+        SlowClientDisconnected {
+            socket: &socket.id,
+            missed: what.label(),
+        }
+        .emit(&metrics);
     }
     let _ = socket.clone().disconnect();
 }

@@ -22,10 +22,10 @@ use socketioxide::{BroadcastError, SocketError, SocketIo};
 use crate::bus::{Bus, BusRecord, PublishError};
 use crate::cache::{Entry, Hydration, SnapshotCache};
 use crate::delivery::{MustDeliver, must_deliver};
-use crate::logs::Throttle;
 use crate::metrics::{self, Counter, Metrics};
 use crate::pattern::NamePattern;
 use crate::plugin::{Action, PluginHandle};
+use crate::telemetry::{InternalEvent, PluginActionRefused};
 use crate::throttle::CommandBudget;
 
 const ROOM_GATE_STRIPES: usize = 256;
@@ -135,10 +135,47 @@ pub struct Dispatcher {
     room_emits: Counter,
     room_emits_conflated: Counter,
     hydrations: Counter,
-    recent_publishes: moka::sync::Cache<(String, String), ()>,
+    recent_publishes: RecentPublishes,
     /// Per plugin name (so it survives a reload): publishes per second, bursts of one
     /// second's worth.
     publish_budgets: Mutex<HashMap<String, PublishBudget>>,
+}
+
+/// Publishes sent within the dedupe window, by topic and dedupe key: a command that many
+/// sockets (or nodes' plugins) ask for at once leaves once per window. Bounded in bytes.
+struct RecentPublishes(moka::sync::Cache<(String, String), ()>);
+
+/// A publish's hold on its `(topic, key)` for the window; released if it never left.
+struct PublishClaim<'a> {
+    recent: &'a RecentPublishes,
+    seen: (String, String),
+}
+
+impl RecentPublishes {
+    fn new(window: Duration, max_bytes: u64) -> Self {
+        Self(
+            moka::sync::Cache::builder()
+                .weigher(|(topic, key): &(String, String), ()| {
+                    u32::try_from(topic.len() + key.len() + 64).unwrap_or(u32::MAX)
+                })
+                .max_capacity(max_bytes)
+                .time_to_live(window)
+                .build(),
+        )
+    }
+
+    /// Claims `(topic, key)` for this window; `None` if it was claimed within the window.
+    fn claim(&self, topic: &str, key: String) -> Option<PublishClaim<'_>> {
+        let seen = (topic.to_owned(), key);
+        let fresh = self.0.entry(seen.clone()).or_insert(()).is_fresh();
+        fresh.then_some(PublishClaim { recent: self, seen })
+    }
+}
+
+impl PublishClaim<'_> {
+    fn release(&self) {
+        self.recent.0.invalidate(&self.seen);
+    }
 }
 
 /// A plugin's publish rate, and the limiter that enforces it.
@@ -169,18 +206,12 @@ impl Dispatcher {
             io,
             bus,
             cache,
-            room_emits: metrics.counter(metrics::ROOM_EMITS, &[]),
-            room_emits_conflated: metrics.counter(metrics::ROOM_EMITS_CONFLATED, &[]),
-            hydrations: metrics.counter(metrics::HYDRATIONS, &[]),
+            room_emits: metrics.room_emits.clone(),
+            room_emits_conflated: metrics.room_emits_conflated.clone(),
+            hydrations: metrics.hydrations.clone(),
             metrics,
             gates: RoomGates::new(),
-            recent_publishes: moka::sync::Cache::builder()
-                .weigher(|(topic, key): &(String, String), ()| {
-                    u32::try_from(topic.len() + key.len() + 64).unwrap_or(u32::MAX)
-                })
-                .max_capacity(dedupe_max_bytes)
-                .time_to_live(dedupe_window)
-                .build(),
+            recent_publishes: RecentPublishes::new(dedupe_window, dedupe_max_bytes),
             publish_budgets: Mutex::default(),
         }
     }
@@ -233,25 +264,22 @@ impl Dispatcher {
             applied.too_many_rooms |= matches!(why, ActionRefused::ClientRooms);
             match why {
                 ActionRefused::ClientCommands => {
-                    self.metrics.counter(metrics::COMMANDS_REFUSED, &[]).inc();
+                    self.metrics.commands_refused.inc();
                     continue;
                 }
                 ActionRefused::ClientRooms => {
-                    self.metrics.counter(metrics::JOINS_REFUSED, &[]).inc();
+                    self.metrics.joins_refused.inc();
                     continue;
                 }
                 _ => {}
             }
-            static REFUSED: Throttle = Throttle::new();
-            if let Some(held_back) = REFUSED.admit(&manifest.name) {
-                tracing::warn!(plugin = %manifest.name, version = %manifest.version, held_back, "action refused: {why}");
+            PluginActionRefused {
+                plugin: &manifest.name,
+                version: &manifest.version,
+                why: &why,
+                kind: why.kind(),
             }
-            self.metrics
-                .counter(
-                    metrics::PLUGIN_ERRORS,
-                    &[("plugin", &manifest.name), ("kind", why.kind())],
-                )
-                .inc();
+            .emit(&self.metrics);
         }
         applied
     }
@@ -340,31 +368,23 @@ impl Dispatcher {
                     return Ok(());
                 }
                 // Deduplicated first: a dropped duplicate spends no publish quota.
-                let seen = match publish.dedupe_key {
-                    Some(dedupe_key) => {
-                        let seen = (publish.topic.clone(), dedupe_key);
-                        if !self
-                            .recent_publishes
-                            .entry(seen.clone())
-                            .or_insert(())
-                            .is_fresh()
-                        {
+                let claim = match publish.dedupe_key {
+                    Some(key) => match self.recent_publishes.claim(&publish.topic, key) {
+                        Some(claim) => Some(claim),
+                        None => {
                             self.metrics
-                                .counter(
-                                    metrics::PUBLISH_DEDUPLICATED,
-                                    &[("topic", &publish.topic)],
-                                )
+                                .publish_deduplicated
+                                .get_or_create(&metrics::topic(&publish.topic))
                                 .inc();
                             return Ok(());
                         }
-                        Some(seen)
-                    }
+                    },
                     None => None,
                 };
                 // A command that never left must not block the next attempt.
                 let forget = || {
-                    if let Some(seen) = &seen {
-                        self.recent_publishes.invalidate(seen);
+                    if let Some(claim) = &claim {
+                        claim.release();
                     }
                 };
                 if let Origin::Request(request) = origin
@@ -432,7 +452,7 @@ impl Dispatcher {
                     .iter()
                     .filter(|e| matches!(e, SocketError::InternalChannelFull))
                     .count();
-                self.room_emits_conflated.add(lagging as u64);
+                self.room_emits_conflated.inc_by(lagging as u64);
             }
             Some(Err(e)) => tracing::debug!(room, event, "a room event was not sent: {e}"),
             _ => {}
@@ -499,4 +519,34 @@ fn payload_len(action: &Action) -> Option<usize> {
 
 fn json(payload: String, what: &'static str) -> Result<Box<RawValue>, ActionRefused> {
     RawValue::from_string(payload).map_err(|_| ActionRefused::InvalidJson(what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dedupe_key_publishes_once_per_window_per_topic_and_a_released_claim_frees_it() {
+        let recent = RecentPublishes::new(Duration::from_millis(200), 1 << 20);
+        let first = recent.claim("weather.fetch", "delhi".into());
+        assert!(first.is_some());
+        assert!(recent.claim("weather.fetch", "delhi".into()).is_none());
+        assert!(
+            recent.claim("weather.fetch", "mumbai".into()).is_some(),
+            "another key"
+        );
+        assert!(
+            recent.claim("news.fetch", "delhi".into()).is_some(),
+            "the same key on another topic"
+        );
+        // A publish that never left gives its key back at once.
+        first.unwrap().release();
+        assert!(recent.claim("weather.fetch", "delhi".into()).is_some());
+        assert!(recent.claim("weather.fetch", "delhi".into()).is_none());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            recent.claim("weather.fetch", "delhi".into()).is_some(),
+            "the window passed"
+        );
+    }
 }

@@ -25,8 +25,11 @@ use crate::delivery::{MustDeliver, SlowClients, must_deliver};
 use crate::dispatch::{Dispatcher, Origin, RequestContext};
 use crate::lifecycle::PluginSet;
 use crate::logs::Throttle;
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, ClientEventLabels, Metrics, OutcomeLabels};
 use crate::plugin::{CallFailure, Caller, ClientRequest, RequestError};
+use crate::telemetry::{
+    ClientConnected, ClientDisconnected, ClientDropped, DropCause, InternalEvent,
+};
 use crate::throttle::{
     AddressFull, AddressLimits, AddressSlot, CommandBudget, EventBudget, Verdict,
 };
@@ -104,9 +107,7 @@ impl Gateway {
                 }
                 Ok(None) => {}
                 Err(full) => {
-                    self.metrics
-                        .counter(metrics::HANDSHAKES_REFUSED_ADDRESS, &[])
-                        .inc();
+                    self.metrics.handshakes_refused_address.inc();
                     return Err(full.into());
                 }
             }
@@ -132,7 +133,7 @@ impl Gateway {
     fn watch_expiry(&self, socket: &SocketRef, session: &Arc<Session>) {
         let (socket, watched) = (socket.clone(), session.clone());
         let grace = self.auth.refresh_grace;
-        let expired = self.metrics.counter(metrics::AUTH_EXPIRED_DISCONNECTS, &[]);
+        let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
             loop {
                 let deadline =
@@ -145,8 +146,11 @@ impl Gateway {
                     _ => break,
                 }
             }
-            expired.inc();
-            tracing::info!(socket = %socket.id, "token expired and was not refreshed: disconnecting");
+            ClientDropped {
+                socket: &socket.id,
+                cause: DropCause::TokenExpired,
+            }
+            .emit(&metrics);
             let message = "session expired: the token was not refreshed";
             let _ = socket.emit(
                 "error",
@@ -168,18 +172,14 @@ impl Gateway {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map_or_else(|| "-".to_owned(), |info| info.0.to_string());
-        tracing::info!(
-            socket = %socket.id,
-            transport = ?socket.transport_type(),
-            remote = %remote,
+        ClientConnected {
+            socket: &socket.id,
+            transport: &socket.transport_type(),
+            remote: &remote,
             user_agent,
-            "client connected"
-        );
-        let connected = self.metrics.gauge(metrics::SOCKETS_CONNECTED, &[]);
-        connected.inc();
+        }
+        .emit(&self.metrics);
         let metrics = self.metrics.clone();
-        let disconnects =
-            move |reason| metrics.counter(metrics::DISCONNECTS, &[("reason", reason)]);
 
         socket.extensions.insert(SlowClients(self.metrics.clone()));
         if let Some(budget) = EventBudget::new(&self.socket_config) {
@@ -226,16 +226,17 @@ impl Gateway {
             },
         );
         socket.on_disconnect(async move |socket: SocketRef, reason: DisconnectReason| {
-            connected.dec();
             if let Some(session) = socket.extensions.get::<Arc<Session>>()
                 && let Some(expiry) = session.expiry.lock().take()
             {
                 expiry.abort();
             }
             socket.extensions.remove::<Arc<AddressSlot>>();
-            let reason = disconnect_reason(reason);
-            disconnects(reason).inc();
-            tracing::info!(socket = %socket.id, reason, "client disconnected");
+            ClientDisconnected {
+                socket: &socket.id,
+                reason: disconnect_reason(reason),
+            }
+            .emit(&metrics);
         });
     }
 
@@ -248,13 +249,16 @@ impl Gateway {
         match budget.check() {
             Verdict::Allowed => Some(ack),
             Verdict::Refused => {
-                self.metrics.counter(metrics::EVENTS_REFUSED, &[]).inc();
+                self.metrics.events_refused.inc();
                 answer_error(socket, ack, "too many events: slow down");
                 None
             }
             Verdict::Abusive => {
-                self.metrics.counter(metrics::ABUSE_DISCONNECTS, &[]).inc();
-                tracing::info!(socket = %socket.id, "too many events: disconnecting");
+                ClientDropped {
+                    socket: &socket.id,
+                    cause: DropCause::Abuse,
+                }
+                .emit(&self.metrics);
                 answer_error(socket, ack, "too many events: disconnected");
                 let _ = socket.clone().disconnect();
                 None
@@ -288,7 +292,8 @@ impl Gateway {
             "refused"
         };
         self.metrics
-            .counter(metrics::AUTH_REFRESHES, &[("outcome", outcome)])
+            .auth_refreshes
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
         match refreshed {
             Ok(fresh) => {
@@ -319,7 +324,8 @@ impl Gateway {
             "known"
         };
         self.metrics
-            .counter(metrics::CLIENT_EVENTS, &[("kind", known)])
+            .client_events
+            .get_or_create(&ClientEventLabels { kind: known })
             .inc();
         if handlers.is_empty() {
             let shown: String = event.chars().take(64).collect();
@@ -338,7 +344,8 @@ impl Gateway {
             let permitted = principal.as_ref().is_some_and(|p| p.has_scope(scope));
             if !permitted {
                 self.metrics
-                    .counter(metrics::REQUESTS_FORBIDDEN, &[("plugin", name)])
+                    .requests_forbidden
+                    .get_or_create(&metrics::plugin(name))
                     .inc();
                 missing_scope.get_or_insert(scope);
             }

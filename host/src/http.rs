@@ -57,7 +57,7 @@ pub fn public_router(gateway: Arc<Gateway>, demo: bool) -> Router {
 /// The admin listener: the probes, and `/metrics` and `/admin/*` behind `token` when set.
 pub fn admin_router(gateway: Arc<Gateway>, token: Option<Secret>) -> Router {
     let guard = Arc::new(AdminGuard {
-        unauthorized: gateway.metrics.counter(metrics::ADMIN_UNAUTHORIZED, &[]),
+        unauthorized: gateway.metrics.admin_unauthorized.clone(),
         token,
     });
     let private = Router::new()
@@ -137,7 +137,7 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
         gateway.metrics.render(),
     )
 }

@@ -26,7 +26,8 @@
 //! - [`http`]: the public probes and demo page; the admin listener's `/metrics` and `/admin/*`.
 //! - [`logs`]: rate-limited log lines for what clients and plugins can cause at any rate.
 //! - [`pattern`]: names with a trailing `*`, for declared and allowed rooms and topics.
-//! - [`metrics`]: the Prometheus registry and metric names.
+//! - [`metrics`]: the metric families (on `prometheus-client`) and their typed label sets.
+//! - [`telemetry`]: operational events as typed values, each emitting its log line and metric.
 //! - [`sim`]: simulated upstream services for the demo run (off by default).
 //! - [`throttle`]: per-socket event rates and per-address connection caps.
 
@@ -34,20 +35,21 @@ pub mod auth;
 pub mod bus;
 pub mod cache;
 pub mod config;
-pub mod delivery;
+mod delivery;
 pub mod dispatch;
-pub mod gateway;
-pub mod http;
+mod gateway;
+mod http;
 pub mod lifecycle;
-pub mod logs;
+mod logs;
 pub mod metrics;
-pub mod origins;
-pub mod pattern;
+mod origins;
+mod pattern;
 pub mod pipeline;
 pub mod plugin;
 pub mod sim;
-pub mod throttle;
-pub mod watch;
+mod telemetry;
+mod throttle;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -121,7 +123,7 @@ pub async fn run(
     }
     let cache = Arc::new(SnapshotCache::new(
         config.cache.max_bytes,
-        metrics.counter(metrics::CACHE_EVICTIONS, &[]),
+        metrics.cache_evictions.clone(),
     ));
     let precompiled_dir = config.precompiled_dir();
     let precompiled = PrecompiledCache::open(

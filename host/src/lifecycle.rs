@@ -27,12 +27,13 @@ use tokio::task::JoinSet;
 
 use crate::bus::now_ms;
 use crate::cache::SnapshotCache;
-use crate::metrics::{self, Metrics};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::plugin::precompiled::content_digest;
 use crate::plugin::{
     CallFailure, GuardView, LoadError, PluginHandle, PluginRuntime, Tripped, WIT_VERSION,
 };
+use crate::telemetry::{InternalEvent, PluginReload};
 
 /// One loaded version of a plugin.
 #[derive(Clone)]
@@ -272,18 +273,16 @@ impl PluginSet {
             live_for,
             trip.cause,
         );
-        tracing::error!(plugin = %trip.plugin, "{message}");
+        PluginReload::RolledBack {
+            plugin: &trip.plugin,
+            message: &message,
+        }
+        .emit(&self.metrics);
         *slot.standing.lock() = Standing {
             state: SlotState::RolledBack,
             last_error: Some(message),
             refused_digest: Some(bad.digest),
         };
-        self.metrics
-            .counter(
-                metrics::PLUGIN_RELOADS,
-                &[("plugin", &trip.plugin), ("outcome", "rolled_back")],
-            )
-            .inc();
     }
 
     pub fn len(&self) -> usize {
@@ -334,14 +333,22 @@ impl PluginSet {
             Ok(outcome) => {
                 self.rejected.lock().remove(file);
                 let took = started.elapsed();
-                match &outcome {
-                    LoadOutcome::Added(name) => {
-                        tracing::info!(plugin = %name, file = %file.display(), ?took, "plugin loaded");
-                    }
-                    LoadOutcome::Replaced { name, from, to } => {
-                        tracing::info!(plugin = %name, from = %from, to = %to, ?took, "plugin swapped");
-                    }
-                    LoadOutcome::Unchanged(_) | LoadOutcome::StillRejected => {}
+                let reload = match &outcome {
+                    LoadOutcome::Added(name) => Some(PluginReload::Added {
+                        plugin: name,
+                        source: &file.display(),
+                        took,
+                    }),
+                    LoadOutcome::Replaced { name, from, to } => Some(PluginReload::Swapped {
+                        plugin: name,
+                        from,
+                        to,
+                        took,
+                    }),
+                    LoadOutcome::Unchanged(_) | LoadOutcome::StillRejected => None,
+                };
+                if let Some(reload) = reload {
+                    reload.emit(&self.metrics);
                 }
                 Some(outcome)
             }
@@ -354,16 +361,12 @@ impl PluginSet {
 
     /// Logs, counts and keeps (for `/admin/plugins`) why `file` was not loaded.
     fn reject(&self, file: &Path, plugin: Option<&str>, digest: Option<String>, why: &Rejection) {
-        tracing::error!(file = %file.display(), "plugin rejected: {why}");
-        self.metrics
-            .counter(
-                metrics::PLUGIN_RELOADS,
-                &[
-                    ("plugin", plugin.unwrap_or("unknown")),
-                    ("outcome", "rejected"),
-                ],
-            )
-            .inc();
+        PluginReload::Rejected {
+            plugin,
+            source: &file.display(),
+            why,
+        }
+        .emit(&self.metrics);
         let rejected = Rejected {
             file: file.display().to_string(),
             reason: why.to_string(),
@@ -417,7 +420,12 @@ impl PluginSet {
         if let Some(previous_owner) = owner
             && previous_owner.name() != name
         {
-            self.unload(&previous_owner);
+            let unloaded = self.unload(&previous_owner);
+            PluginReload::Unloaded {
+                plugin: &unloaded,
+                source: &file.display(),
+            }
+            .emit(&self.metrics);
         }
 
         let version = Version {
@@ -431,12 +439,6 @@ impl PluginSet {
             Some(slot) => self.swap(&slot, version),
             None => self.add(version),
         };
-        self.metrics
-            .counter(
-                metrics::PLUGIN_RELOADS,
-                &[("plugin", &name), ("outcome", "loaded")],
-            )
-            .inc();
         Ok(outcome)
     }
 
@@ -519,7 +521,11 @@ impl PluginSet {
         self.rejected.lock().remove(file);
         let slot = self.slot_of_file(file)?;
         let name = self.unload(&slot);
-        tracing::info!(plugin = %name, file = %file.display(), "plugin unloaded");
+        PluginReload::Unloaded {
+            plugin: &name,
+            source: &file.display(),
+        }
+        .emit(&self.metrics);
         Some(name)
     }
 
@@ -529,12 +535,6 @@ impl PluginSet {
         slot.stop_workers();
         self.cache.invalidate_plugin(&name);
         self.publish_snapshot();
-        self.metrics
-            .counter(
-                metrics::PLUGIN_RELOADS,
-                &[("plugin", &name), ("outcome", "unloaded")],
-            )
-            .inc();
         name
     }
 

@@ -1,215 +1,164 @@
-//! A small Prometheus registry. Metric names are the constants below; labels stay
-//! low-cardinality (plugin, topic, kind, outcome — never socket ids or city names).
+//! The process's metrics, on `prometheus-client` (the Prometheus project's Rust client).
+//!
+//! Every family is a typed field of [`Metrics`], registered once under its documented name;
+//! its labels are a typed set, all low-cardinality (plugin, topic, kind, outcome — never socket
+//! ids or city names). A counter named `flux_x` here is exposed as `flux_x_total`. A hot path
+//! resolves its handle once (`family.get_or_create_owned(&labels)`) and keeps it: a handle is an
+//! `Arc` of an atomic, and counting through it takes no lock.
+//!
+//! Operational events that are logged as well as counted are typed values in
+//! [`crate::telemetry`]; their `emit` writes both.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use prometheus_client::encoding::{EncodeLabelSet, prometheus_text};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::registry::Registry;
 
-use parking_lot::Mutex;
+pub use prometheus_client::metrics::counter::Counter;
+pub use prometheus_client::metrics::gauge::Gauge;
+pub use prometheus_client::metrics::histogram::Histogram;
 
-pub const BUS_PUBLISHED: &str = "flux_bus_published_total";
-pub const BUS_DROPPED: &str = "flux_bus_dropped_total";
-pub const BUS_PUBLISH_FAILED: &str = "flux_bus_publish_failed_total";
-pub const DEAD_LETTERS: &str = "flux_dead_letters_total";
-pub const PUBLISH_DEDUPLICATED: &str = "flux_publish_deduplicated_total";
-pub const RECORDS: &str = "flux_records_total";
-pub const RECORDS_FAILED: &str = "flux_records_failed_total";
-pub const PLUGIN_CALLS: &str = "flux_plugin_calls_total";
-pub const PLUGIN_ERRORS: &str = "flux_plugin_errors_total";
-pub const PLUGIN_CALL_SECONDS: &str = "flux_plugin_call_seconds";
-pub const PLUGIN_COMPILES: &str = "flux_plugin_compiles_total";
-pub const PLUGIN_RELOADS: &str = "flux_plugin_reloads_total";
-pub const PRECOMPILED_REFUSED: &str = "flux_precompiled_refused_total";
-pub const PLUGIN_CALLS_REFUSED: &str = "flux_plugin_calls_refused_total";
-pub const PLUGIN_CIRCUIT_STATE: &str = "flux_plugin_circuit_state";
-pub const PLUGIN_CIRCUIT_OPENED: &str = "flux_plugin_circuit_opened_total";
-pub const PLUGIN_CPU_THROTTLED: &str = "flux_plugin_cpu_throttled_total";
-pub const PLUGIN_SLOW_CALLS: &str = "flux_plugin_slow_calls_total";
-pub const PLUGIN_INSTANCES_REPLACED: &str = "flux_plugin_instances_replaced_total";
-pub const ROOM_EMITS: &str = "flux_room_emits_total";
-pub const ROOM_EMITS_CONFLATED: &str = "flux_room_emits_conflated_total";
-pub const CACHE_EVICTIONS: &str = "flux_cache_evictions_total";
-pub const HYDRATIONS: &str = "flux_hydrations_total";
-pub const CLIENT_EVENTS: &str = "flux_client_events_total";
-pub const SOCKETS_CONNECTED: &str = "flux_sockets_connected";
-pub const DISCONNECTS: &str = "flux_disconnects_total";
-pub const SLOW_CLIENT_DISCONNECTS: &str = "flux_slow_client_disconnects_total";
-pub const EVENTS_REFUSED: &str = "flux_events_refused_total";
-pub const COMMANDS_REFUSED: &str = "flux_commands_refused_total";
-pub const JOINS_REFUSED: &str = "flux_joins_refused_total";
-pub const ABUSE_DISCONNECTS: &str = "flux_abuse_disconnects_total";
-pub const HANDSHAKES_REFUSED_ADDRESS: &str = "flux_handshakes_refused_address_total";
-pub const AUTH_HANDSHAKES: &str = "flux_auth_handshakes_total";
-pub const AUTH_REFRESHES: &str = "flux_auth_refreshes_total";
-pub const AUTH_EXPIRED_DISCONNECTS: &str = "flux_auth_expired_disconnects_total";
-pub const JWKS_FETCHES: &str = "flux_jwks_fetches_total";
-pub const REQUESTS_FORBIDDEN: &str = "flux_requests_forbidden_total";
-pub const ORIGIN_REFUSED: &str = "flux_origin_refused_total";
-pub const ADMIN_UNAUTHORIZED: &str = "flux_admin_unauthorized_total";
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
-const LATENCY_BUCKETS: [f64; 12] = [
+/// Guest calls take microseconds; a bucket past a second would only count deadline hits.
+const CALL_SECONDS_BUCKETS: [f64; 12] = [
     0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005, 0.025, 0.1,
     1.0,
 ];
 
-#[derive(Clone, Default)]
-pub struct Counter(Arc<AtomicU64>);
+/// Declares label sets: each field is a label, named as the field.
+macro_rules! label_sets {
+    ($($(#[$doc:meta])* $name:ident { $($label:ident: $value:ty),+ })*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        pub struct $name { $(pub $label: $value),+ }
+    )*};
+}
 
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+label_sets! {
+    TopicLabels { topic: String }
+    PluginLabels { plugin: String }
+    PluginTopicLabels { plugin: String, topic: String }
+    /// `kind`: what went wrong in or around a guest call (`trap`, `timeout`, `quota`, …).
+    PluginErrorLabels { plugin: String, kind: &'static str }
+    /// `reason`: why a call was not run (`circuit_open`, `cpu_budget`).
+    PluginRefusalLabels { plugin: String, reason: &'static str }
+    /// `outcome`: `loaded`, `rejected`, `rolled_back` or `unloaded`.
+    PluginReloadLabels { plugin: String, outcome: &'static str }
+    /// `source`: `compiled`, or `cache` when the precompiled cache held the component.
+    CompileLabels { source: &'static str }
+    OutcomeLabels { outcome: &'static str }
+    ReasonLabels { reason: &'static str }
+    /// `kind`: a `known` or `unknown` client event.
+    ClientEventLabels { kind: &'static str }
+    /// `missed`: what a slow client could not be sent (`ack`, `reply`, `hydration`, `error`).
+    MissedLabels { missed: &'static str }
+}
+
+/// Makes each plugin's call-latency histogram.
+#[derive(Clone, Default)]
+pub struct CallSecondsBuckets;
+
+impl MetricConstructor<Histogram> for CallSecondsBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(CALL_SECONDS_BUCKETS)
     }
 }
 
-#[derive(Clone, Default)]
-pub struct Gauge(Arc<AtomicI64>);
-
-impl Gauge {
-    pub fn inc(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn dec(&self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-    pub fn set(&self, value: i64) {
-        self.0.store(value, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-#[derive(Default)]
-struct HistogramCells {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-#[derive(Clone, Default)]
-pub struct Histogram(Arc<HistogramCells>);
-
-impl Histogram {
-    pub fn observe(&self, elapsed: Duration) {
-        let seconds = elapsed.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| seconds <= *b) {
-            self.0.buckets[i].fetch_add(1, Ordering::Relaxed);
+/// Declares [`Metrics`] from one table: each family's field, type, name and help (and how it
+/// is made, where not by `Default`), registered once when the metrics are built.
+macro_rules! families {
+    (@make) => { Default::default() };
+    (@make $make:expr) => { $make };
+    ($($field:ident: $family:ty = $name:literal, $help:literal $(, $make:expr)?;)*) => {
+        /// The process's metric families. Build one per gateway (tests build several in one
+        /// process).
+        pub struct Metrics {
+            registry: Registry,
+            $(pub $field: $family,)*
         }
-        self.0.count.fetch_add(1, Ordering::Relaxed);
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.0.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
+
+        impl Default for Metrics {
+            fn default() -> Self {
+                let mut registry = Registry::default();
+                $(
+                    let $field: $family = families!(@make $($make)?);
+                    registry.register($name, $help, $field.clone());
+                )*
+                Self { registry, $($field),* }
+            }
+        }
+    };
 }
 
-#[derive(Clone)]
-enum Metric {
-    Counter(Counter),
-    Gauge(Gauge),
-    Histogram(Histogram),
-}
-
-/// The process's metrics. Handles are cheap clones; look one up once and keep it where a path
-/// is hot.
-#[derive(Default)]
-pub struct Metrics {
-    series: Mutex<BTreeMap<(&'static str, String), Metric>>,
+families! {
+    // The bus.
+    bus_published: Family<TopicLabels, Counter> = "flux_bus_published", "Records published to the bus";
+    bus_dropped: Family<TopicLabels, Counter> = "flux_bus_dropped", "Embedded-bus records dropped for a full subscriber queue";
+    bus_publish_failed: Family<TopicLabels, Counter> = "flux_bus_publish_failed", "Published records Kafka did not deliver";
+    publish_deduplicated: Family<TopicLabels, Counter> = "flux_publish_deduplicated", "Publishes suppressed by their dedupe key";
+    // Records through plugins.
+    records: Family<PluginTopicLabels, Counter> = "flux_records", "Records handled by a plugin";
+    records_failed: Family<PluginTopicLabels, Counter> = "flux_records_failed", "Records a plugin failed on";
+    dead_letters: Family<PluginTopicLabels, Counter> = "flux_dead_letters", "Records sent to the dead-letter topic";
+    // Plugins.
+    plugin_calls: Family<PluginLabels, Counter> = "flux_plugin_calls", "Guest calls";
+    plugin_errors: Family<PluginErrorLabels, Counter> = "flux_plugin_errors", "Guest call failures and refused actions, by kind";
+    plugin_call_seconds: Family<PluginLabels, Histogram, CallSecondsBuckets> = "flux_plugin_call_seconds", "Guest call latency", Family::new_with_constructor(CallSecondsBuckets);
+    plugin_compiles: Family<CompileLabels, Counter> = "flux_plugin_compiles", "Components made ready, compiled or from the precompiled cache";
+    plugin_reloads: Family<PluginReloadLabels, Counter> = "flux_plugin_reloads", "Plugin version changes, by outcome";
+    precompiled_refused: Counter = "flux_precompiled_refused", "Precompiled artifacts refused (unauthenticated or incompatible)";
+    plugin_calls_refused: Family<PluginRefusalLabels, Counter> = "flux_plugin_calls_refused", "Guest calls not run, by reason";
+    plugin_circuit_state: Family<PluginLabels, Gauge> = "flux_plugin_circuit_state", "Circuit of the live version: 0 closed, 1 open, 2 half-open";
+    plugin_circuit_opened: Family<PluginLabels, Counter> = "flux_plugin_circuit_opened", "Times a plugin's circuit opened";
+    plugin_cpu_throttled: Family<PluginLabels, Counter> = "flux_plugin_cpu_throttled", "Times a plugin waited for its CPU budget";
+    plugin_slow_calls: Family<PluginLabels, Counter> = "flux_plugin_slow_calls", "Guest calls past half their deadline";
+    plugin_instances_replaced: Family<PluginLabels, Counter> = "flux_plugin_instances_replaced", "Guest instances replaced after a trap";
+    // Rooms and the cache.
+    room_emits: Counter = "flux_room_emits", "Events emitted to rooms";
+    room_emits_conflated: Counter = "flux_room_emits_conflated", "Room events conflated for a lagging client";
+    cache_evictions: Counter = "flux_cache_evictions", "Cache entries evicted for size";
+    hydrations: Counter = "flux_hydrations", "Cached snapshots sent to a joining socket";
+    // Clients.
+    client_events: Family<ClientEventLabels, Counter> = "flux_client_events", "Client request events, by kind";
+    sockets_connected: Gauge = "flux_sockets_connected", "Connected sockets";
+    disconnects: Family<ReasonLabels, Counter> = "flux_disconnects", "Socket disconnects, by reason";
+    slow_client_disconnects: Family<MissedLabels, Counter> = "flux_slow_client_disconnects", "Sockets disconnected for not taking what they must be sent";
+    events_refused: Counter = "flux_events_refused", "Client events refused by the per-socket rate limit";
+    commands_refused: Counter = "flux_commands_refused", "Upstream commands refused by the per-socket budget";
+    joins_refused: Counter = "flux_joins_refused", "Room joins refused by the per-socket room limit";
+    abuse_disconnects: Counter = "flux_abuse_disconnects", "Sockets disconnected for sustained abuse";
+    handshakes_refused_address: Counter = "flux_handshakes_refused_address", "Handshakes refused by the per-address limit";
+    origin_refused: Counter = "flux_origin_refused", "Requests refused for their Origin";
+    // Authentication and authorization.
+    auth_handshakes: Family<OutcomeLabels, Counter> = "flux_auth_handshakes", "Handshake authentications, by outcome";
+    auth_refreshes: Family<OutcomeLabels, Counter> = "flux_auth_refreshes", "Token refreshes, by outcome";
+    auth_expired_disconnects: Counter = "flux_auth_expired_disconnects", "Sockets disconnected when their token expired";
+    jwks_fetches: Family<OutcomeLabels, Counter> = "flux_jwks_fetches", "JWKS fetches, by outcome";
+    requests_forbidden: Family<PluginLabels, Counter> = "flux_requests_forbidden", "Requests refused for a missing scope";
+    admin_unauthorized: Counter = "flux_admin_unauthorized", "Admin requests without the admin token";
 }
 
 impl Metrics {
-    pub fn counter(&self, name: &'static str, labels: &[(&str, &str)]) -> Counter {
-        match self.series(name, labels, || Metric::Counter(Counter::default())) {
-            Metric::Counter(c) => c,
-            _ => panic!("{name} is registered as another metric type"),
-        }
-    }
-
-    pub fn gauge(&self, name: &'static str, labels: &[(&str, &str)]) -> Gauge {
-        match self.series(name, labels, || Metric::Gauge(Gauge::default())) {
-            Metric::Gauge(g) => g,
-            _ => panic!("{name} is registered as another metric type"),
-        }
-    }
-
-    pub fn histogram(&self, name: &'static str, labels: &[(&str, &str)]) -> Histogram {
-        match self.series(name, labels, || Metric::Histogram(Histogram::default())) {
-            Metric::Histogram(h) => h,
-            _ => panic!("{name} is registered as another metric type"),
-        }
-    }
-
-    fn series(
-        &self,
-        name: &'static str,
-        labels: &[(&str, &str)],
-        make: impl FnOnce() -> Metric,
-    ) -> Metric {
-        let mut rendered = String::new();
-        for (i, (key, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                rendered.push(',');
-            }
-            let value = value.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = write!(rendered, "{key}=\"{value}\"");
-        }
-        self.series
-            .lock()
-            .entry((name, rendered))
-            .or_insert_with(make)
-            .clone()
-    }
-
-    /// The Prometheus text exposition format.
+    /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
-        let series = self.series.lock();
         let mut out = String::new();
-        let mut last_name = "";
-        for ((name, labels), metric) in series.iter() {
-            if *name != last_name {
-                let kind = match metric {
-                    Metric::Counter(_) => "counter",
-                    Metric::Gauge(_) => "gauge",
-                    Metric::Histogram(_) => "histogram",
-                };
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                last_name = name;
-            }
-            let braced = |extra: &str| match (labels.is_empty(), extra.is_empty()) {
-                (true, true) => String::new(),
-                (true, false) => format!("{{{extra}}}"),
-                (false, true) => format!("{{{labels}}}"),
-                (false, false) => format!("{{{labels},{extra}}}"),
-            };
-            match metric {
-                Metric::Counter(c) => {
-                    let _ = writeln!(out, "{name}{} {}", braced(""), c.get());
-                }
-                Metric::Gauge(g) => {
-                    let _ = writeln!(out, "{name}{} {}", braced(""), g.get());
-                }
-                Metric::Histogram(h) => {
-                    let mut cumulative = 0;
-                    for (bound, cell) in LATENCY_BUCKETS.iter().zip(&h.0.buckets) {
-                        cumulative += cell.load(Ordering::Relaxed);
-                        let le = format!("le=\"{bound}\"");
-                        let _ = writeln!(out, "{name}_bucket{} {cumulative}", braced(&le));
-                    }
-                    let count = h.0.count.load(Ordering::Relaxed);
-                    let sum = h.0.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
-                    let _ = writeln!(out, "{name}_bucket{} {count}", braced("le=\"+Inf\""));
-                    let _ = writeln!(out, "{name}_sum{} {sum}", braced(""));
-                    let _ = writeln!(out, "{name}_count{} {count}", braced(""));
-                }
-            }
-        }
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// The label set of a plugin's families.
+pub fn plugin(name: &str) -> PluginLabels {
+    PluginLabels {
+        plugin: name.to_owned(),
+    }
+}
+
+/// The label set of a topic's families.
+pub fn topic(name: &str) -> TopicLabels {
+    TopicLabels {
+        topic: name.to_owned(),
     }
 }
 
@@ -218,23 +167,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_prometheus_text() {
+    fn renders_prometheus_text_under_the_documented_names() {
         let metrics = Metrics::default();
         metrics
-            .counter(PLUGIN_CALLS, &[("plugin", "weather")])
-            .add(3);
+            .plugin_calls
+            .get_or_create(&plugin("weather"))
+            .inc_by(3);
+        let handle = metrics.plugin_calls.get_or_create_owned(&plugin("weather"));
+        handle.inc();
+        metrics.sockets_connected.inc();
         metrics
-            .counter(PLUGIN_CALLS, &[("plugin", "weather")])
-            .inc();
-        metrics.gauge(SOCKETS_CONNECTED, &[]).inc();
-        metrics
-            .histogram(PLUGIN_CALL_SECONDS, &[("plugin", "w")])
-            .observe(Duration::from_micros(7));
+            .plugin_call_seconds
+            .get_or_create(&plugin("w"))
+            .observe(0.000_007);
+        let _ = metrics.plugin_errors.get_or_create(&PluginErrorLabels {
+            plugin: "relay".into(),
+            kind: "trap",
+        });
         let text = metrics.render();
         assert!(text.contains("# TYPE flux_plugin_calls_total counter"));
         assert!(text.contains("flux_plugin_calls_total{plugin=\"weather\"} 4"));
         assert!(text.contains("flux_sockets_connected 1"));
-        assert!(text.contains("flux_plugin_call_seconds_bucket{plugin=\"w\",le=\"0.00001\"} 1"));
+        assert!(text.contains("flux_plugin_call_seconds_bucket{plugin=\"w\",le=\"1e-05\"} 1"));
         assert!(text.contains("flux_plugin_call_seconds_count{plugin=\"w\"} 1"));
+        assert!(text.contains("flux_plugin_errors_total{plugin=\"relay\",kind=\"trap\"} 0"));
     }
 }

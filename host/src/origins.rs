@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::metrics::{self, Counter, Metrics};
+use crate::metrics::{Counter, Metrics};
 
 /// Socket.IO's endpoint; the origin check applies to it only.
 const SOCKET_IO_PATH: &str = "/socket.io/";
@@ -119,7 +119,7 @@ impl OriginGuard {
     pub fn new(policy: OriginPolicy, metrics: &Metrics) -> Arc<Self> {
         Arc::new(Self {
             policy,
-            refused: metrics.counter(metrics::ORIGIN_REFUSED, &[]),
+            refused: metrics.origin_refused.clone(),
         })
     }
 }

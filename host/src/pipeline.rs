@@ -20,10 +20,10 @@ use tokio::task::JoinSet;
 
 use crate::bus::{Bus, BusRecord, Delivery, StartAt};
 use crate::dispatch::{Dispatcher, Origin};
-use crate::logs::Throttle;
-use crate::metrics::{self, Counter, Metrics};
+use crate::metrics::{Counter, Metrics, PluginTopicLabels};
 use crate::plugin::RecordOutcome;
 use crate::plugin::{PluginHandle, WitRecord};
+use crate::telemetry::RecordFailed;
 
 /// How the pipeline treats records, from configuration.
 #[derive(Debug, Clone)]
@@ -140,11 +140,14 @@ struct TopicProbes {
 
 impl TopicProbes {
     fn new(metrics: &Metrics, plugin: &str, topic: &str) -> Self {
-        let labels = [("plugin", plugin), ("topic", topic)];
+        let labels = PluginTopicLabels {
+            plugin: plugin.to_owned(),
+            topic: topic.to_owned(),
+        };
         Self {
-            processed: metrics.counter(metrics::RECORDS, &labels),
-            failed: metrics.counter(metrics::RECORDS_FAILED, &labels),
-            dead_lettered: metrics.counter(metrics::DEAD_LETTERS, &labels),
+            processed: metrics.records.get_or_create_owned(&labels),
+            failed: metrics.records_failed.get_or_create_owned(&labels),
+            dead_lettered: metrics.dead_letters.get_or_create_owned(&labels),
         }
     }
 }
@@ -261,32 +264,38 @@ impl Consumer {
                     Origin::Live
                 };
                 self.pipeline.dispatcher.apply(plugin, actions, origin);
-                self.count(&manifest.name, &delivery.record.topic, |p| &p.processed);
+                self.count(&manifest.name, &delivery.record.topic, |p| {
+                    p.processed.inc();
+                });
                 delivery.processed();
             }
             Err(reason) => self.dead_letter(plugin, delivery, &reason),
         }
     }
 
-    fn count(&self, plugin: &str, topic: &str, counter: impl Fn(&TopicProbes) -> &Counter) {
+    /// Runs `count` with the topic's counters, resolved on the topic's first record.
+    fn count(&self, plugin: &str, topic: &str, count: impl FnOnce(&TopicProbes)) {
         let mut probes = self.probes.lock();
-        if let Some(known) = probes.get(topic) {
-            return counter(known).inc();
+        if !probes.contains_key(topic) {
+            let fresh = TopicProbes::new(&self.pipeline.metrics, plugin, topic);
+            probes.insert(topic.to_owned(), fresh);
         }
-        let fresh = TopicProbes::new(&self.pipeline.metrics, plugin, topic);
-        counter(&fresh).inc();
-        probes.insert(topic.to_owned(), fresh);
+        count(&probes[topic]);
     }
 
     /// Counts, logs and forwards a record no plugin could process, with the reason in headers.
     fn dead_letter(&self, plugin: &PluginHandle, delivery: Delivery, reason: &str) {
         let plugin = &plugin.manifest.name;
         let record = &delivery.record;
-        static DEAD_LETTERED: Throttle = Throttle::new();
-        if let Some(held_back) = DEAD_LETTERED.admit(plugin) {
-            tracing::warn!(plugin = %plugin, position = %record.position(), held_back, "record dead-lettered: {reason}");
-        }
-        self.count(plugin, &record.topic, |p| &p.failed);
+        self.count(plugin, &record.topic, |probes| {
+            RecordFailed {
+                plugin,
+                position: &record.position(),
+                reason,
+                failed: &probes.failed,
+            }
+            .emit();
+        });
         let pipeline = &self.pipeline;
         let mut letter = BusRecord::now(
             &pipeline.config.dead_letter_topic,
@@ -307,7 +316,9 @@ impl Consumer {
                 .push(("x-flux-source-offset".into(), offset.to_string()));
         }
         match pipeline.bus.publish(letter) {
-            Ok(()) => self.count(plugin, &record.topic, |p| &p.dead_lettered),
+            Ok(()) => self.count(plugin, &record.topic, |p| {
+                p.dead_lettered.inc();
+            }),
             Err(e) => tracing::error!(position = %record.position(), "cannot dead-letter: {e}"),
         }
         delivery.processed();

@@ -10,7 +10,9 @@ use flux_gateway::cache::SnapshotCache;
 use flux_gateway::config::{CircuitConfig, PluginLimits, PluginPolicy, Policies};
 use flux_gateway::dispatch::{Dispatcher, Origin};
 use flux_gateway::lifecycle::PluginSet;
-use flux_gateway::metrics::{self, Metrics};
+use flux_gateway::metrics::{
+    self, CompileLabels, Metrics, PluginErrorLabels, PluginRefusalLabels, PluginTopicLabels,
+};
 use flux_gateway::pipeline::{Pipeline, PipelineConfig};
 use flux_gateway::plugin::{
     Action, CallFailure, Caller, CircuitState, ClientRequest, LoadError, PluginHandle,
@@ -119,13 +121,17 @@ fn load_both(host: &Host) -> (PluginHandle, PluginHandle) {
     (fixture, crypto)
 }
 
-fn errors(host: &Host, kind: &str) -> u64 {
-    host.metrics
-        .counter(
-            metrics::PLUGIN_ERRORS,
-            &[("plugin", "misbehave"), ("kind", kind)],
-        )
-        .get()
+fn errors(host: &Host, kind: &'static str) -> u64 {
+    plugin_errors(&host.metrics, "misbehave", kind)
+}
+
+/// `flux_plugin_errors_total{plugin, kind}`.
+fn plugin_errors(metrics: &Metrics, plugin: &str, kind: &'static str) -> u64 {
+    let labels = PluginErrorLabels {
+        plugin: plugin.into(),
+        kind,
+    };
+    metrics.plugin_errors.get_or_create(&labels).get()
 }
 
 #[tokio::test]
@@ -163,10 +169,8 @@ async fn a_panic_traps_only_that_call() {
     assert_eq!(errors(&host, "trap"), 1);
     assert_eq!(
         host.metrics
-            .counter(
-                metrics::PLUGIN_INSTANCES_REPLACED,
-                &[("plugin", "misbehave")]
-            )
+            .plugin_instances_replaced
+            .get_or_create(&metrics::plugin("misbehave"))
             .get(),
         1
     );
@@ -290,10 +294,13 @@ impl LiveSet {
     }
 
     fn records(&self) -> (u64, u64) {
-        let labels = [("plugin", "misbehave"), ("topic", "fixture.commands")];
+        let labels = PluginTopicLabels {
+            plugin: "misbehave".into(),
+            topic: "fixture.commands".into(),
+        };
         (
-            self.metrics.counter(metrics::RECORDS, &labels).get(),
-            self.metrics.counter(metrics::RECORDS_FAILED, &labels).get(),
+            self.metrics.records.get_or_create(&labels).get(),
+            self.metrics.records_failed.get_or_create(&labels).get(),
         )
     }
 
@@ -301,13 +308,8 @@ impl LiveSet {
         self.plugins.views().0.remove(0)
     }
 
-    fn errors(&self, kind: &str) -> u64 {
-        self.metrics
-            .counter(
-                metrics::PLUGIN_ERRORS,
-                &[("plugin", "misbehave"), ("kind", kind)],
-            )
-            .get()
+    fn errors(&self, kind: &'static str) -> u64 {
+        plugin_errors(&self.metrics, "misbehave", kind)
     }
 }
 
@@ -420,10 +422,11 @@ async fn a_looping_plugin_opens_its_circuit_and_its_records_are_dead_lettered_un
     assert!(refused >= 27, "{refused} refused unrun");
     assert_eq!(
         live.metrics
-            .counter(
-                metrics::PLUGIN_CALLS_REFUSED,
-                &[("plugin", "misbehave"), ("reason", "circuit_open")]
-            )
+            .plugin_calls_refused
+            .get_or_create(&PluginRefusalLabels {
+                plugin: "misbehave".into(),
+                reason: "circuit_open",
+            })
             .get(),
         refused,
     );
@@ -505,21 +508,10 @@ async fn request_failures_are_charged_once_per_socket_and_an_open_circuit_refuse
     assert!(matches!(ask(&relay, 2).await, Err(CallFailure::Trap(_))));
     assert!(matches!(ask(&relay, 3).await, Err(CallFailure::Trap(_))));
     assert_eq!(relay.guard.view().circuit, CircuitState::Open);
-    let traps = host
-        .metrics
-        .counter(
-            metrics::PLUGIN_ERRORS,
-            &[("plugin", "relay"), ("kind", "trap")],
-        )
-        .get();
+    let traps = plugin_errors(&host.metrics, "relay", "trap");
     assert_eq!(ask(&relay, 4).await, Err(CallFailure::CircuitOpen));
     assert_eq!(
-        host.metrics
-            .counter(
-                metrics::PLUGIN_ERRORS,
-                &[("plugin", "relay"), ("kind", "trap")]
-            )
-            .get(),
+        plugin_errors(&host.metrics, "relay", "trap"),
         traps,
         "refused without running the guest"
     );
@@ -564,7 +556,8 @@ async fn a_plugin_over_its_cpu_budget_waits_for_records_and_is_refused_requests(
     );
     let throttled = |plugin| {
         host.metrics
-            .counter(metrics::PLUGIN_CPU_THROTTLED, &[("plugin", plugin)])
+            .plugin_cpu_throttled
+            .get_or_create(&metrics::plugin(plugin))
             .get()
     };
     assert_eq!(throttled("misbehave"), 1);
@@ -572,7 +565,8 @@ async fn a_plugin_over_its_cpu_budget_waits_for_records_and_is_refused_requests(
     assert_eq!(throttled("crypto"), 0, "the budget is per plugin");
     assert!(
         host.metrics
-            .counter(metrics::PLUGIN_SLOW_CALLS, &[("plugin", "misbehave")])
+            .plugin_slow_calls
+            .get_or_create(&metrics::plugin("misbehave"))
             .get()
             >= 1,
         "a call past half its deadline is reported as slow"
@@ -604,7 +598,7 @@ async fn quotas_are_enforced_per_plugin_and_counted_for_that_plugin_only() {
         Duration::from_secs(1),
         1 << 20,
     );
-    let emits = host.metrics.counter(metrics::ROOM_EMITS, &[]);
+    let emits = host.metrics.room_emits.clone();
 
     let mut outcomes = fixture
         .on_records(vec![record("flood"), record("big"), record("spam")])
@@ -635,12 +629,8 @@ async fn quotas_are_enforced_per_plugin_and_counted_for_that_plugin_only() {
     }
     assert_eq!(delivered, 5);
     assert_eq!(errors(&host, "quota"), 18);
-    let crypto_quota = host.metrics.counter(
-        metrics::PLUGIN_ERRORS,
-        &[("plugin", "crypto"), ("kind", "quota")],
-    );
     assert_eq!(
-        crypto_quota.get(),
+        plugin_errors(&host.metrics, "crypto", "quota"),
         0,
         "counted for the offending plugin only"
     );
@@ -661,10 +651,9 @@ fn runtime_with_cache(dir: &std::path::Path) -> (PluginRuntime, Arc<Metrics>) {
     (runtime, metrics)
 }
 
-fn compiles(metrics: &Metrics, source: &str) -> u64 {
-    metrics
-        .counter(metrics::PLUGIN_COMPILES, &[("source", source)])
-        .get()
+fn compiles(metrics: &Metrics, source: &'static str) -> u64 {
+    let labels = CompileLabels { source };
+    metrics.plugin_compiles.get_or_create(&labels).get()
 }
 
 #[test]
@@ -719,7 +708,7 @@ fn a_tampered_or_foreign_precompiled_artifact_is_never_loaded() {
         (1, 0),
         "compiled again instead"
     );
-    assert_eq!(metrics.counter(metrics::PRECOMPILED_REFUSED, &[]).get(), 1);
+    assert_eq!(metrics.precompiled_refused.get(), 1);
     drop(second);
 
     // The genuine artifact, but another host's key: as untrusted as a crafted one.
@@ -728,7 +717,7 @@ fn a_tampered_or_foreign_precompiled_artifact_is_never_loaded() {
     let (third, metrics) = runtime_with_cache(&dir);
     third.load(&wasm("flux_crypto")).unwrap();
     assert_eq!(compiles(&metrics, "compiled"), 1);
-    assert_eq!(metrics.counter(metrics::PRECOMPILED_REFUSED, &[]).get(), 1);
+    assert_eq!(metrics.precompiled_refused.get(), 1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

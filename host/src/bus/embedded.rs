@@ -30,9 +30,8 @@ impl EmbeddedBus {
 
 impl Bus for EmbeddedBus {
     fn publish(&self, record: BusRecord) -> Result<(), PublishError> {
-        self.metrics
-            .counter(metrics::BUS_PUBLISHED, &[("topic", &record.topic)])
-            .inc();
+        let topic = metrics::topic(&record.topic);
+        self.metrics.bus_published.get_or_create(&topic).inc();
         let mut closed = false;
         {
             let subscribers = self.subscribers.read();
@@ -42,10 +41,9 @@ impl Bus for EmbeddedBus {
             for queue in queues {
                 match queue.try_send(Delivery::live(record.clone())) {
                     Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => self
-                        .metrics
-                        .counter(metrics::BUS_DROPPED, &[("topic", &record.topic)])
-                        .inc(),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.metrics.bus_dropped.get_or_create(&topic).inc();
+                    }
                     Err(mpsc::error::TrySendError::Closed(_)) => closed = true,
                 }
             }

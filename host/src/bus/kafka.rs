@@ -40,6 +40,7 @@ use super::{Acknowledge, Bus, BusRecord, BusStatus, Delivery, PublishError, Star
 use crate::config::KafkaConfig;
 use crate::logs::Throttle;
 use crate::metrics::{self, Metrics};
+use crate::telemetry::{InternalEvent, PublishUndelivered};
 
 const SUBSCRIBER_QUEUE: usize = 4_096;
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -121,14 +122,11 @@ impl ProducerContext for ProducerEvents {
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
         if let Err((error, message)) = result {
-            let topic = message.topic();
-            tracing::warn!(
-                topic,
-                "kafka: a published record was not delivered: {error}"
-            );
-            self.metrics
-                .counter(metrics::BUS_PUBLISH_FAILED, &[("topic", topic)])
-                .inc();
+            PublishUndelivered {
+                topic: message.topic(),
+                error,
+            }
+            .emit(&self.metrics);
         }
     }
 }
@@ -265,9 +263,8 @@ impl Bus for KafkaBus {
         }
         match self.producer.send(outgoing) {
             Ok(()) => {
-                self.metrics
-                    .counter(metrics::BUS_PUBLISHED, &[("topic", &record.topic)])
-                    .inc();
+                let topic = metrics::topic(&record.topic);
+                self.metrics.bus_published.get_or_create(&topic).inc();
                 Ok(())
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {

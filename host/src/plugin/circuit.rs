@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use super::worker::CallFailure;
 use crate::config::CircuitConfig;
-use crate::metrics::{self, Counter, Gauge, Metrics};
+use crate::metrics::{self, Counter, Gauge, Metrics, PluginRefusalLabels};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -395,19 +395,21 @@ impl Guard {
         trips: Option<mpsc::UnboundedSender<Tripped>>,
     ) -> Self {
         let plugin = identity.plugin;
-        let labels = [("plugin", plugin)];
+        let labels = metrics::plugin(plugin);
         let refused = |reason: Refusal| {
-            metrics.counter(
-                metrics::PLUGIN_CALLS_REFUSED,
-                &[("plugin", plugin), ("reason", reason.label())],
-            )
+            metrics
+                .plugin_calls_refused
+                .get_or_create_owned(&PluginRefusalLabels {
+                    plugin: plugin.to_owned(),
+                    reason: reason.label(),
+                })
         };
         let probes = Probes {
-            state: metrics.gauge(metrics::PLUGIN_CIRCUIT_STATE, &labels),
-            opened: metrics.counter(metrics::PLUGIN_CIRCUIT_OPENED, &labels),
+            state: metrics.plugin_circuit_state.get_or_create_owned(&labels),
+            opened: metrics.plugin_circuit_opened.get_or_create_owned(&labels),
             refused: [refused(Refusal::CircuitOpen), refused(Refusal::CpuBudget)],
-            throttled: metrics.counter(metrics::PLUGIN_CPU_THROTTLED, &labels),
-            slow: metrics.counter(metrics::PLUGIN_SLOW_CALLS, &labels),
+            throttled: metrics.plugin_cpu_throttled.get_or_create_owned(&labels),
+            slow: metrics.plugin_slow_calls.get_or_create_owned(&labels),
         };
         Self {
             guarded: Mutex::new(Guarded {

@@ -18,7 +18,7 @@ use crate::auth::Principal;
 use crate::cache::SnapshotCache;
 use crate::config::PluginLimits;
 use crate::logs::Throttle;
-use crate::metrics::{self, Counter, Histogram, Metrics};
+use crate::metrics::{self, Counter, Histogram, Metrics, PluginErrorLabels};
 
 /// Longest guest log line kept; a plugin cannot flood the log.
 const MAX_LOG_LINE: usize = 2_048;
@@ -62,18 +62,22 @@ struct Probes {
 
 impl Probes {
     fn new(metrics: &Metrics, plugin: &str) -> Self {
-        let labels = [("plugin", plugin)];
-        let error = |kind| {
-            metrics.counter(
-                metrics::PLUGIN_ERRORS,
-                &[("plugin", plugin), ("kind", kind)],
-            )
-        };
+        let labels = metrics::plugin(plugin);
         // The `kind` label of `flux_plugin_errors_total`.
+        let error = |kind| {
+            metrics
+                .plugin_errors
+                .get_or_create_owned(&PluginErrorLabels {
+                    plugin: plugin.to_owned(),
+                    kind,
+                })
+        };
         Self {
-            calls: metrics.counter(metrics::PLUGIN_CALLS, &labels),
-            latency: metrics.histogram(metrics::PLUGIN_CALL_SECONDS, &labels),
-            replaced: metrics.counter(metrics::PLUGIN_INSTANCES_REPLACED, &labels),
+            calls: metrics.plugin_calls.get_or_create_owned(&labels),
+            latency: metrics.plugin_call_seconds.get_or_create_owned(&labels),
+            replaced: metrics
+                .plugin_instances_replaced
+                .get_or_create_owned(&labels),
             errors: [
                 error("timeout"),
                 error("memory"),
@@ -202,7 +206,7 @@ impl PluginInstance {
         let result = guest(plugin, store);
         if let Some(probes) = &self.probes {
             probes.calls.inc();
-            probes.latency.observe(started.elapsed());
+            probes.latency.observe(started.elapsed().as_secs_f64());
         }
         result.map_err(|e| self.fail(&e))
     }

@@ -25,7 +25,8 @@ use super::worker::PluginHandle;
 use super::{Manifest, WIT_PACKAGE, WIT_VERSION};
 use crate::cache::SnapshotCache;
 use crate::config::{PluginLimits, Policies};
-use crate::metrics::{self, Metrics};
+use crate::metrics::{CompileLabels, Metrics};
+use crate::telemetry::{InternalEvent, PrecompiledRefused};
 
 /// How often the epoch advances; call deadlines are measured in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -209,31 +210,32 @@ impl PluginRuntime {
         Ok((instance, manifest, limits))
     }
 
+    /// `source`: `compiled`, or `cache`.
+    fn count_compile(&self, source: &'static str) {
+        self.metrics
+            .plugin_compiles
+            .get_or_create(&CompileLabels { source })
+            .inc();
+    }
+
     /// Compiles `wasm`, or loads what an earlier compilation of the same bytes by a compatible
     /// engine left in the precompiled cache (once it has authenticated it).
     fn compile(&self, wasm: &[u8], digest: &str) -> Result<Component, LoadError> {
         if let Some(precompiled) = &self.precompiled {
             match precompiled.load(&self.engine, digest) {
                 Cached::Hit(component) => {
-                    self.metrics
-                        .counter(metrics::PLUGIN_COMPILES, &[("source", "cache")])
-                        .inc();
+                    self.count_compile("cache");
                     return Ok(component);
                 }
                 Cached::Miss => {}
                 Cached::Refused(why) => {
-                    self.metrics
-                        .counter(metrics::PRECOMPILED_REFUSED, &[])
-                        .inc();
-                    tracing::warn!("not loading a precompiled plugin, compiling instead: {why}");
+                    PrecompiledRefused { why: &why }.emit(&self.metrics);
                 }
             }
         }
         let component =
             Component::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
-        self.metrics
-            .counter(metrics::PLUGIN_COMPILES, &[("source", "compiled")])
-            .inc();
+        self.count_compile("compiled");
         if let Some(precompiled) = &self.precompiled
             && let Err(e) = precompiled.store(&self.engine, digest, &component)
         {
