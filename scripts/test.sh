@@ -36,4 +36,4 @@ step "end-to-end with socket.io-client and headless Chromium: the contract, auth
 command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 (cd tests/e2e && npm install --no-audit --no-fund --loglevel=error)
 (cd bench/peer && npm ci --no-audit --no-fund --loglevel=error)
-(cd tests/e2e && node --test --test-concurrency=1 contract.test.mjs auth.test.mjs reload.test.mjs circuit.test.mjs slow-client.test.mjs kafka.test.mjs load.test.mjs browser.test.mjs)
+(cd tests/e2e && node --test --test-concurrency=1 contract.test.mjs auth.test.mjs reload.test.mjs circuit.test.mjs slow-client.test.mjs kafka.test.mjs fleet.test.mjs load.test.mjs browser.test.mjs)

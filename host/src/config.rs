@@ -44,6 +44,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The private listener for `/metrics` and `/admin/*`.
     pub admin: AdminConfig,
+    /// Plugins shipped to every node over Kafka (with `kafka.brokers`).
+    pub fleet: FleetConfig,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             plugins: BTreeMap::new(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            fleet: FleetConfig::default(),
         }
     }
 }
@@ -165,6 +168,38 @@ impl Default for AuthConfig {
             leeway_secs: 5,
             refresh_grace_ms: 10_000,
             scope_claim: "scope".into(),
+        }
+    }
+}
+
+/// Plugins published to a Kafka topic and run by every node: signed, staged, reported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// The compacted topic plugins are published to; empty: no fleet rollout on this node.
+    pub topic: String,
+    /// Where each node reports what it runs (compacted, keyed by node id).
+    pub status_topic: String,
+    /// Publishers' ed25519 public keys (base64 of the 32 bytes, as `plugin keygen` prints
+    /// them). A release signed by any other key, or tampered with, is never loaded.
+    pub trusted_keys: Vec<String>,
+    /// Development only: also load releases that carry no signature.
+    pub allow_unsigned: bool,
+    /// How often a node reports its status when nothing changes.
+    pub status_every_ms: u64,
+    /// Largest component a node assembles from the topic (Python components are ~18 MB).
+    pub max_component_bytes: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            topic: "flux.plugins".into(),
+            status_topic: "flux.plugins.status".into(),
+            trusted_keys: Vec::new(),
+            allow_unsigned: false,
+            status_every_ms: 5_000,
+            max_component_bytes: 64 << 20,
         }
     }
 }

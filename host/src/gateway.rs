@@ -69,6 +69,8 @@ pub struct Gateway {
     pub address_limits: Option<Arc<AddressLimits>>,
     /// Per-socket limits (event rate).
     pub socket_config: SocketConfig,
+    /// Whether the node has loaded what the fleet topic held at start (always, without one).
+    pub fleet_caught_up: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a handshake was refused: the client's `connect_error` message.

@@ -120,7 +120,8 @@ fn bearer_matches(headers: &HeaderMap, token: &Secret) -> bool {
 async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
     let plugins = gateway.plugins.len();
     let bus = gateway.bus.status();
-    let ready = plugins > 0 && bus.connected && bus.caught_up;
+    let fleet = *gateway.fleet_caught_up.borrow();
+    let ready = plugins > 0 && bus.connected && bus.caught_up && fleet;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -131,6 +132,7 @@ async fn ready(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
         "plugins": plugins,
         "bus_connected": bus.connected,
         "cache_warmed": bus.caught_up,
+        "fleet_caught_up": fleet,
     });
     (status, Json(body))
 }

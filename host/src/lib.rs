@@ -14,6 +14,8 @@
 //! - [`plugin`]: the WIT bindings and manifests; loading ([`plugin::runtime`]), the worker
 //!   per version ([`plugin::worker`]), the instance and host imports ([`plugin::instance`]),
 //!   each version's circuit and CPU budget ([`plugin::circuit`]), precompiled artifacts.
+//! - [`fleet`]: plugins shipped to every node over Kafka — signed releases, canaries,
+//!   promotion, removal, the status each node reports, and the `plugin` commands.
 //! - [`lifecycle`]: the live plugin set, the one owner of versions: load, canary, hot swap,
 //!   unload, roll back.
 //! - [`watch`]: the plugin-directory watcher that drives hot reload.
@@ -37,6 +39,7 @@ pub mod cache;
 pub mod config;
 mod delivery;
 pub mod dispatch;
+pub mod fleet;
 mod gateway;
 mod http;
 pub mod lifecycle;
@@ -68,6 +71,7 @@ use crate::bus::{Bus, EmbeddedBus, KafkaBus, StartAt};
 use crate::cache::SnapshotCache;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
+use crate::fleet::node::FleetNode;
 use crate::gateway::Gateway;
 use crate::lifecycle::PluginSet;
 use crate::metrics::Metrics;
@@ -84,6 +88,8 @@ pub enum RunError {
     Precompiled { dir: String, source: std::io::Error },
     #[error("cannot create the Kafka bus: {0}")]
     Bus(#[from] rdkafka::error::KafkaError),
+    #[error("invalid [fleet] configuration: {0}")]
+    Fleet(#[from] fleet::TrustError),
     #[error("invalid [auth] configuration: {0}")]
     Auth(#[from] auth::AuthSetupError),
     #[error("server error: {0}")]
@@ -145,12 +151,12 @@ pub async fn run(
     );
 
     let mut tasks = JoinSet::new();
+    let node_id = config
+        .kafka
+        .node_id
+        .clone()
+        .unwrap_or_else(|| default_node_id(listener.local_addr().ok()));
     let (bus, kafka, start): (Arc<dyn Bus>, _, _) = if config.kafka.enabled() {
-        let node_id = config
-            .kafka
-            .node_id
-            .clone()
-            .unwrap_or_else(|| default_node_id(listener.local_addr().ok()));
         let kafka = Arc::new(KafkaBus::new(&config.kafka, &node_id, metrics.clone())?);
         kafka.prepare_topics(vec![config.dead_letter_topic.clone()]);
         tracing::info!(node = %node_id, brokers = %config.kafka.brokers, "using the Kafka bus");
@@ -222,6 +228,20 @@ pub async fn run(
             dir: config.plugin_dir.display().to_string(),
             source,
         })?;
+    let fleet_caught_up = if config.kafka.enabled() && !config.fleet.topic.is_empty() {
+        let node = FleetNode::new(
+            &config.fleet,
+            &config.kafka,
+            &node_id,
+            plugins.clone(),
+            metrics.clone(),
+        )?;
+        let caught_up = node.caught_up();
+        tasks.spawn(node.run());
+        caught_up
+    } else {
+        tokio::sync::watch::channel(true).1
+    };
     if config.reload.watch {
         tasks.spawn(watch::watch_plugins(
             config.plugin_dir.clone(),
@@ -244,6 +264,7 @@ pub async fn run(
         required_scopes,
         address_limits: throttle::AddressLimits::new(&config.socket),
         socket_config: config.socket.clone(),
+        fleet_caught_up,
     });
     gateway.attach(&io);
     let origins = OriginPolicy::new(config.socket.allowed_origins.as_deref());

@@ -35,11 +35,46 @@ use crate::plugin::{
 };
 use crate::telemetry::{InternalEvent, PluginReload};
 
+/// Where a version came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A file in the plugin directory (development, single nodes).
+    File(PathBuf),
+    /// The fleet's plugin topic, at a rollout stage.
+    Fleet { plugin: String, stage: String },
+}
+
+impl Source {
+    /// What identifies the source across versions: a file's path, a published plugin's name.
+    fn key(&self) -> String {
+        match self {
+            Self::File(path) => path.display().to_string(),
+            Self::Fleet { plugin, .. } => format!("topic:{plugin}"),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::File(_) => "file",
+            Self::Fleet { .. } => "topic",
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Fleet { stage, .. } => write!(f, "the fleet topic (stage {stage})"),
+        }
+    }
+}
+
 /// One loaded version of a plugin.
 #[derive(Clone)]
 pub struct Version {
     pub handle: PluginHandle,
-    pub file: PathBuf,
+    pub source: Source,
     pub digest: String,
     /// When it was loaded, in unix milliseconds.
     pub loaded_at_ms: u64,
@@ -99,10 +134,13 @@ impl Slot {
     }
 }
 
-/// A file that did not load, and why.
+/// A file or release that did not load, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rejected {
-    pub file: String,
+    /// The file, or the fleet topic and stage.
+    pub source: String,
+    /// The plugin, when it got as far as naming one.
+    pub plugin: Option<String>,
     pub reason: String,
     pub at_ms: u64,
     /// The rejected bytes: the same bytes are not tried (nor logged) again.
@@ -117,8 +155,13 @@ pub struct SlotView {
     pub version: String,
     pub wit_version: &'static str,
     pub digest: String,
-    pub file: String,
+    /// `file` or `topic`.
+    pub source: &'static str,
+    /// The file it was loaded from, or the fleet topic and its stage.
+    pub origin: String,
     pub state: SlotState,
+    /// The digest rolled back from, when the state is `rolled_back`.
+    pub rolled_back_from: Option<String>,
     pub loaded_at_ms: u64,
     pub last_error: Option<String>,
     pub consumes: Vec<String>,
@@ -137,8 +180,6 @@ pub enum LoadOutcome {
         to: String,
     },
     Unchanged(String),
-    /// The file still holds bytes that were rejected; nothing was tried.
-    StillRejected,
 }
 
 /// Why a file was not loaded. Shown to the operator as is.
@@ -150,8 +191,10 @@ pub enum Rejection {
     LoaderCrashed(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Invalid(#[from] LoadError),
-    #[error("a plugin named {name:?} is already loaded from {file}")]
-    NameTaken { name: String, file: String },
+    #[error("a plugin named {name:?} is already loaded from {loaded_from}")]
+    NameTaken { name: String, loaded_from: String },
+    #[error("published as {published:?}, but the component names itself {named:?}")]
+    Misnamed { published: String, named: String },
     #[error("canary: {failure} on {records} recent records")]
     Canary {
         failure: CallFailure,
@@ -186,7 +229,8 @@ pub struct PluginSet {
     slots: Mutex<BTreeMap<String, Arc<Slot>>>,
     /// The slots in name order, for the request path: cloned, never locked across a call.
     snapshot: RwLock<Arc<Vec<Arc<Slot>>>>,
-    rejected: Mutex<BTreeMap<PathBuf, Rejected>>,
+    /// By source key (see [`Source`]).
+    rejected: Mutex<BTreeMap<String, Rejected>>,
     workers: Mutex<JoinSet<()>>,
     /// Loads and unloads happen one at a time (the watcher and `load_dir` may overlap).
     changing: tokio::sync::Mutex<()>,
@@ -312,31 +356,49 @@ impl PluginSet {
     /// `/admin/plugins`.
     pub async fn load_file(&self, file: &Path) -> Option<LoadOutcome> {
         let _one_at_a_time = self.changing.lock().await;
-        let started = Instant::now();
-        let bytes = match tokio::fs::read(file).await {
-            Ok(bytes) => bytes,
+        let source = Source::File(file.to_owned());
+        match tokio::fs::read(file).await {
+            Ok(bytes) => self.load(source, bytes).await.ok(),
             Err(e) => {
-                self.reject(file, None, None, &e.into());
-                return None;
+                self.reject(&source, None, None, &e.into());
+                None
             }
-        };
-        let digest = content_digest(&bytes);
-        if self
-            .rejected
-            .lock()
-            .get(file)
-            .is_some_and(|rejected| rejected.digest.as_ref() == Some(&digest))
-        {
-            return Some(LoadOutcome::StillRejected);
         }
-        match self.try_load(file, bytes, digest.clone()).await {
+    }
+
+    /// Loads a release of the fleet topic through the same path as a file. A published plugin
+    /// replaces a file-loaded one of the same name (the fleet wins). The error is the reason,
+    /// as `/admin/plugins` shows it.
+    pub async fn load_published(
+        &self,
+        plugin: &str,
+        stage: String,
+        component: Vec<u8>,
+    ) -> Result<LoadOutcome, String> {
+        let _one_at_a_time = self.changing.lock().await;
+        let source = Source::Fleet {
+            plugin: plugin.to_owned(),
+            stage,
+        };
+        self.load(source, component).await
+    }
+
+    async fn load(&self, source: Source, bytes: Vec<u8>) -> Result<LoadOutcome, String> {
+        let started = Instant::now();
+        let digest = content_digest(&bytes);
+        if let Some(rejected) = self.rejected.lock().get(&source.key())
+            && rejected.digest.as_ref() == Some(&digest)
+        {
+            return Err(rejected.reason.clone());
+        }
+        match self.try_load(&source, bytes, digest.clone()).await {
             Ok(outcome) => {
-                self.rejected.lock().remove(file);
+                self.rejected.lock().remove(&source.key());
                 let took = started.elapsed();
                 let reload = match &outcome {
                     LoadOutcome::Added(name) => Some(PluginReload::Added {
                         plugin: name,
-                        source: &file.display(),
+                        source: &source,
                         took,
                     }),
                     LoadOutcome::Replaced { name, from, to } => Some(PluginReload::Swapped {
@@ -345,44 +407,51 @@ impl PluginSet {
                         to,
                         took,
                     }),
-                    LoadOutcome::Unchanged(_) | LoadOutcome::StillRejected => None,
+                    LoadOutcome::Unchanged(_) => None,
                 };
                 if let Some(reload) = reload {
                     reload.emit(&self.metrics);
                 }
-                Some(outcome)
+                Ok(outcome)
             }
             Err(FailedLoad { plugin, why }) => {
-                self.reject(file, plugin.as_deref(), Some(digest), &why);
-                None
+                self.reject(&source, plugin.as_deref(), Some(digest), &why);
+                Err(why.to_string())
             }
         }
     }
 
-    /// Logs, counts and keeps (for `/admin/plugins`) why `file` was not loaded.
-    fn reject(&self, file: &Path, plugin: Option<&str>, digest: Option<String>, why: &Rejection) {
+    /// Logs, counts and keeps (for `/admin/plugins`) why `source` was not loaded.
+    fn reject(
+        &self,
+        source: &Source,
+        plugin: Option<&str>,
+        digest: Option<String>,
+        why: &Rejection,
+    ) {
         PluginReload::Rejected {
             plugin,
-            source: &file.display(),
+            source,
             why,
         }
         .emit(&self.metrics);
         let rejected = Rejected {
-            file: file.display().to_string(),
+            source: source.to_string(),
+            plugin: plugin.map(str::to_owned),
             reason: why.to_string(),
             at_ms: now_ms(),
             digest,
         };
-        self.rejected.lock().insert(file.to_owned(), rejected);
+        self.rejected.lock().insert(source.key(), rejected);
     }
 
     async fn try_load(
         &self,
-        file: &Path,
+        source: &Source,
         bytes: Vec<u8>,
         digest: String,
     ) -> Result<LoadOutcome, FailedLoad> {
-        let owner = self.slot_of_file(file);
+        let owner = self.slot_of(source);
         if let Some(slot) = &owner {
             let name = slot.name();
             if slot.active.read().digest == digest {
@@ -405,13 +474,27 @@ impl PluginSet {
             why,
         };
 
+        if let Source::Fleet { plugin, .. } = source
+            && *plugin != name
+        {
+            return Err(fail(Rejection::Misnamed {
+                published: plugin.clone(),
+                named: name.clone(),
+            }));
+        }
         let existing = self.slots.lock().get(&name).cloned();
         if let Some(slot) = &existing {
-            let loaded_from = slot.active.read().file.clone();
-            if loaded_from != file {
+            let loaded_from = slot.active.read().source.clone();
+            // The fleet wins: a release replaces a file's version, a file never a release's.
+            let replaceable = loaded_from.key() == source.key()
+                || matches!(
+                    (&loaded_from, source),
+                    (Source::File(_), Source::Fleet { .. })
+                );
+            if !replaceable {
                 return Err(fail(Rejection::NameTaken {
                     name: name.clone(),
-                    file: loaded_from.display().to_string(),
+                    loaded_from: loaded_from.to_string(),
                 }));
             }
         }
@@ -423,14 +506,14 @@ impl PluginSet {
             let unloaded = self.unload(&previous_owner);
             PluginReload::Unloaded {
                 plugin: &unloaded,
-                source: &file.display(),
+                source,
             }
             .emit(&self.metrics);
         }
 
         let version = Version {
             handle,
-            file: file.to_owned(),
+            source: source.clone(),
             digest,
             loaded_at_ms: now_ms(),
             live_since: Instant::now(),
@@ -517,13 +600,26 @@ impl PluginSet {
     /// Unloads the plugin loaded from `file`: its rooms stop getting events, its cache is
     /// dropped.
     pub async fn unload_file(&self, file: &Path) -> Option<String> {
+        self.unload_source(&Source::File(file.to_owned())).await
+    }
+
+    /// Unloads a plugin the fleet topic removed.
+    pub async fn unload_published(&self, plugin: &str) -> Option<String> {
+        let source = Source::Fleet {
+            plugin: plugin.to_owned(),
+            stage: String::new(),
+        };
+        self.unload_source(&source).await
+    }
+
+    async fn unload_source(&self, source: &Source) -> Option<String> {
         let _one_at_a_time = self.changing.lock().await;
-        self.rejected.lock().remove(file);
-        let slot = self.slot_of_file(file)?;
+        self.rejected.lock().remove(&source.key());
+        let slot = self.slot_of(source)?;
         let name = self.unload(&slot);
         PluginReload::Unloaded {
             plugin: &name,
-            source: &file.display(),
+            source,
         }
         .emit(&self.metrics);
         Some(name)
@@ -538,11 +634,13 @@ impl PluginSet {
         name
     }
 
-    fn slot_of_file(&self, file: &Path) -> Option<Arc<Slot>> {
+    /// The slot whose active version came from `source`.
+    fn slot_of(&self, source: &Source) -> Option<Arc<Slot>> {
+        let key = source.key();
         self.slots
             .lock()
             .values()
-            .find(|slot| slot.active.read().file == file)
+            .find(|slot| slot.active.read().source.key() == key)
             .cloned()
     }
 
@@ -565,8 +663,10 @@ impl PluginSet {
                     version: m.version.clone(),
                     wit_version: WIT_VERSION,
                     digest: active.digest.clone(),
-                    file: active.file.display().to_string(),
+                    source: active.source.kind(),
+                    origin: active.source.to_string(),
                     state: standing.state,
+                    rolled_back_from: standing.refused_digest.clone(),
                     loaded_at_ms: active.loaded_at_ms,
                     last_error: standing.last_error.clone(),
                     consumes: m.consumes.clone(),

@@ -10,6 +10,8 @@ use flux_gateway::Listeners;
 use flux_gateway::auth::{self, TokenRequest};
 use flux_gateway::bus::KafkaBus;
 use flux_gateway::config::{Config, LogFormat, Overrides};
+use flux_gateway::fleet;
+use flux_gateway::fleet::cli::PluginCommand;
 use flux_gateway::metrics::Metrics;
 use flux_gateway::sim;
 use tokio::task::JoinSet;
@@ -30,6 +32,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Ship plugins to every node over Kafka: keygen, publish, promote, remove, status.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
     /// Run the simulated upstream services (weather, crypto, news, stocks) against a Kafka
     /// broker, as their own process.
     Sim,
@@ -71,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
 
     match cli.command {
         Some(Command::Sim) => return run_sim(config).await,
+        Some(Command::Plugin { command }) => return fleet::cli::run(command, &config).await,
         Some(Command::Token {
             sub,
             scopes,

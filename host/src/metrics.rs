@@ -114,6 +114,7 @@ families! {
     plugin_cpu_throttled: Family<PluginLabels, Counter> = "flux_plugin_cpu_throttled", "Times a plugin waited for its CPU budget";
     plugin_slow_calls: Family<PluginLabels, Counter> = "flux_plugin_slow_calls", "Guest calls past half their deadline";
     plugin_instances_replaced: Family<PluginLabels, Counter> = "flux_plugin_instances_replaced", "Guest instances replaced after a trap";
+    fleet_releases: Family<OutcomeLabels, Counter> = "flux_fleet_releases", "Releases and removals read from the fleet topic, by what this node did with them";
     // Rooms and the cache.
     room_emits: Counter = "flux_room_emits", "Events emitted to rooms";
     room_emits_conflated: Counter = "flux_room_emits_conflated", "Room events conflated for a lagging client";

@@ -289,3 +289,46 @@ impl InternalEvent for PluginReload<'_> {
             .inc();
     }
 }
+
+/// What a node did with a release or removal of the fleet topic.
+pub struct FleetRelease<'a> {
+    pub plugin: &'a str,
+    pub version: Option<&'a str>,
+    pub digest: Option<&'a str>,
+    /// `loaded`, `rejected`, `untrusted`, `waiting`, `removed`, `stale`.
+    pub outcome: &'static str,
+    pub reason: Option<&'a str>,
+}
+
+impl InternalEvent for FleetRelease<'_> {
+    fn emit(self, metrics: &Metrics) {
+        let (plugin, version, digest) = (self.plugin, self.version, self.digest);
+        match (self.outcome, self.reason) {
+            ("loaded" | "waiting" | "removed", _) => {
+                tracing::info!(
+                    plugin,
+                    version,
+                    digest,
+                    outcome = self.outcome,
+                    "fleet release"
+                );
+            }
+            (outcome, reason) => {
+                tracing::error!(
+                    plugin,
+                    version,
+                    digest,
+                    outcome,
+                    reason,
+                    "fleet release not loaded"
+                );
+            }
+        }
+        metrics
+            .fleet_releases
+            .get_or_create(&crate::metrics::OutcomeLabels {
+                outcome: self.outcome,
+            })
+            .inc();
+    }
+}

@@ -80,7 +80,7 @@ test("a half-written file, a non-wasm file and a wrong-major plugin are rejected
   const { dir, gateway, open, admin } = await setup(t);
   const client = await open();
   await request(client, "relayJoin");
-  const rejectedFor = (file) => async () => (await admin()).rejected.find((r) => r.file.endsWith(file));
+  const rejectedFor = (file) => async () => (await admin()).rejected.find((r) => r.source.endsWith(file));
 
   // Written in place and caught half-way: never loaded.
   const next = relay("v0000001");
@@ -108,7 +108,7 @@ test("a half-written file, a non-wasm file and a wrong-major plugin are rejected
   // Completing the write loads it.
   writeFileSync(join(dir, "relay.wasm"), next);
   await nextEvent(client, "relayTick", tagged("v0000001"));
-  assert.equal((await admin()).rejected.some((r) => r.file.endsWith("relay.wasm")), false);
+  assert.equal((await admin()).rejected.some((r) => r.source.endsWith("relay.wasm")), false);
 });
 
 test("a version that starts trapping after deploy is rolled back automatically", async (t) => {
@@ -134,7 +134,7 @@ test("a version that starts trapping after deploy is rolled back automatically",
   assert.equal(await gateway.metric("flux_plugin_reloads_total", 'plugin="relay",outcome="rolled_back"'), 1);
   // The same broken bytes are not loaded again.
   deployAs(dir, "relay.wasm", broken);
-  const refused = await eventually(async () => (await admin()).rejected.find((r) => r.file.endsWith("relay.wasm")), {
+  const refused = await eventually(async () => (await admin()).rejected.find((r) => r.source.endsWith("relay.wasm")), {
     what: "the rolled-back build to be refused",
   });
   assert.match(refused.reason, /rolled back/);

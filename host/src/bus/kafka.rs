@@ -43,7 +43,7 @@ use crate::metrics::{self, Metrics};
 use crate::telemetry::{InternalEvent, PublishUndelivered};
 
 const SUBSCRIBER_QUEUE: usize = 4_096;
-const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -64,7 +64,7 @@ struct ProducerEvents {
 
 /// The consumers' and admin client's context: the producer already tells the operator when
 /// the brokers go and come back, so these only log at debug level.
-struct Quiet;
+pub(crate) struct Quiet;
 
 impl ClientContext for Quiet {
     fn log(&self, _level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -179,6 +179,17 @@ impl KafkaBus {
     /// Creates `topics` that do not exist yet (when `create_topic_partitions` > 0), retrying
     /// until the broker answers. Run it in the background.
     pub async fn ensure_topics(config: KafkaConfig, topics: Vec<String>) {
+        let partitions = config.create_topic_partitions;
+        Self::ensure_topics_with(config, topics, partitions, &[]).await;
+    }
+
+    /// [`Self::ensure_topics`], with `partitions` and topic `settings` (`cleanup.policy`...).
+    pub async fn ensure_topics_with(
+        config: KafkaConfig,
+        topics: Vec<String>,
+        partitions: i32,
+        settings: &[(&str, &str)],
+    ) {
         if config.create_topic_partitions <= 0 || topics.is_empty() {
             return;
         }
@@ -190,10 +201,9 @@ impl KafkaBus {
         let wanted: Vec<NewTopic> = topics
             .iter()
             .map(|t| {
-                NewTopic::new(
-                    t,
-                    config.create_topic_partitions,
-                    TopicReplication::Fixed(1),
+                settings.iter().fold(
+                    NewTopic::new(t, partitions, TopicReplication::Fixed(1)),
+                    |topic, (key, value)| topic.set(key, value),
                 )
             })
             .collect();
@@ -229,7 +239,7 @@ impl KafkaBus {
     }
 }
 
-fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
+pub(crate) fn client_config(config: &KafkaConfig, defaults: &[(&str, &str)]) -> ClientConfig {
     let mut client = ClientConfig::new();
     client.set("bootstrap.servers", &config.brokers);
     for (key, value) in defaults {
@@ -467,10 +477,10 @@ impl Subscription {
 }
 
 /// For each (topic, partition): the offset to start at, and the high watermark now.
-type Plan = BTreeMap<(String, i32), (i64, i64)>;
+pub(crate) type Plan = BTreeMap<(String, i32), (i64, i64)>;
 
 /// Plans where each partition of `topics` starts.
-fn plan_assignment(
+pub(crate) fn plan_assignment(
     consumer: &StreamConsumer<Quiet>,
     topics: &[String],
     from: StartAt,
@@ -516,6 +526,7 @@ fn start_offset(from: StartAt, last_commit: Option<i64>, low: i64, high: i64) ->
         // No commit yet: from the beginning, so no command sent before this subscriber
         // first came up is missed (at least once).
         StartAt::Committed => last_commit.unwrap_or(low),
+        StartAt::Beginning => low,
         // The last `records` (for the cache), or from the last commit if that is earlier.
         StartAt::Replay(records) => {
             let window = high.saturating_sub(i64::from(records));
@@ -526,7 +537,7 @@ fn start_offset(from: StartAt, last_commit: Option<i64>, low: i64, high: i64) ->
 }
 
 /// Waits between attempts to reach a broker: doubling from `RETRY_MIN` up to `RETRY_MAX`.
-struct Backoff(Duration);
+pub(crate) struct Backoff(Duration);
 
 impl Default for Backoff {
     fn default() -> Self {
@@ -535,7 +546,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(RETRY_MAX);
     }

@@ -103,6 +103,9 @@ pub enum StartAt {
     /// Replay up to this many of the latest records per partition (and anything since this
     /// node's last committed offset) before going live: a warm start.
     Replay(u32),
+    /// Every record the topic keeps, whatever was committed: a log read whole (the fleet's
+    /// plugin topic).
+    Beginning,
 }
 
 /// What `/readyz` reports about the bus.

@@ -4,6 +4,8 @@
 //! - `kafka-probe produce BROKERS TOPIC KEY PAYLOAD`: one record (`-` as KEY for none).
 //! - `kafka-probe dump BROKERS TOPIC`: every record now on the topic, one JSON line each:
 //!   `{"partition", "offset", "key", "payload", "headers"}`.
+//! - `kafka-probe tamper BROKERS TOPIC KEY`: the last record with KEY produced again with the
+//!   same key and headers and one byte of its value flipped (a tampered plugin release).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,10 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .as_slice()
     {
         ["produce", brokers, topic, key, payload] => produce(brokers, topic, key, payload),
-        ["dump", brokers, topic] => dump(brokers, topic),
-        _ => {
-            Err("usage: kafka-probe produce BROKERS TOPIC KEY PAYLOAD | dump BROKERS TOPIC".into())
-        }
+        ["dump", brokers, topic] => dump(brokers, topic, None),
+        ["tamper", brokers, topic, key] => dump(brokers, topic, Some(key)),
+        _ => Err(
+            "usage: kafka-probe produce BROKERS TOPIC KEY PAYLOAD | dump BROKERS TOPIC \
+             | tamper BROKERS TOPIC KEY"
+                .into(),
+        ),
     }
 }
 
@@ -50,7 +55,13 @@ fn produce(
     Ok(())
 }
 
-fn dump(brokers: &str, topic: &str) -> Result<(), Box<dyn std::error::Error>> {
+/// Prints every record on `topic`, or with `tamper`, produces the last one with that key again
+/// with a byte of its value flipped.
+fn dump(
+    brokers: &str,
+    topic: &str,
+    tamper: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "kafka-probe")
@@ -67,6 +78,7 @@ fn dump(brokers: &str, topic: &str) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     consumer.assign(&assignment)?;
+    let mut last_with_key = None;
     while !remaining.is_empty() {
         let message = consumer
             .poll(TIMEOUT)
@@ -91,13 +103,36 @@ fn dump(brokers: &str, topic: &str) -> Result<(), Box<dyn std::error::Error>> {
             "payload": String::from_utf8_lossy(message.payload().unwrap_or_default()),
             "headers": headers,
         });
-        println!("{line}");
+        if tamper.is_some() && message.key() == tamper.map(str::as_bytes) {
+            last_with_key = Some(message.detach());
+        } else if tamper.is_none() {
+            println!("{line}");
+        }
         if remaining
             .get(&message.partition())
             .is_some_and(|high| message.offset() + 1 >= *high)
         {
             remaining.remove(&message.partition());
         }
+    }
+    if let Some(original) = last_with_key {
+        let mut value = original.payload().unwrap_or_default().to_vec();
+        let middle = value.len() / 2;
+        *value.get_mut(middle).ok_or("the record has no value")? ^= 0x5a;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .create()?;
+        let mut record = BaseRecord::to(topic)
+            .partition(original.partition())
+            .key(original.key().unwrap_or_default())
+            .payload(&value);
+        if let Some(headers) = original.headers() {
+            record = record.headers(headers.clone());
+        }
+        producer.send(record).map_err(|(e, _)| e)?;
+        producer.flush(TIMEOUT)?;
+    } else if let Some(key) = tamper {
+        return Err(format!("no record with key {key} on {topic}").into());
     }
     Ok(())
 }
