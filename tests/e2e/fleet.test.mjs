@@ -180,8 +180,9 @@ test("a canary release changes exactly one node; promote rolls it out to all", a
 });
 
 test("a canary that traps in production is rolled back there, and promotion refuses it with the reason", async () => {
-  // Passes its canary replay (older records), fails on every record from two seconds on.
-  await publish("trap-v04", { armedAt: Date.now() + 2_000, extra: ["--canary", "1"] });
+  // Passes its canary replay (older records), fails on every record from five seconds on:
+  // time enough to validate, publish, compile and canary it on a busy machine.
+  await publish("trap-v04", { armedAt: Date.now() + 5_000, extra: ["--canary", "1"] });
   const canary = await eventually(
     async () => {
       for (const name of NODES) if ((await relayCell(name))?.includes("rolled_back")) return name;
@@ -251,6 +252,17 @@ test("remove unloads the plugin on every node", async () => {
     { what: "every node to unload relay" },
   );
   await eventually(async () => (await relayCell("node-a"))?.includes("removed"), { what: "the status to say removed" });
+});
+
+test("a node refuses a release larger than its max_component_bytes", async () => {
+  const plugins = join(work, "node-d", "plugins");
+  mkdirSync(plugins, { recursive: true });
+  const config = nodeConfig("node-d").replace("[reload]", "max_component_bytes = 1000\n[reload]");
+  nodes["node-d"] = await startGateway(config, { plugins, waitReady: false });
+  await publish("big-v011");
+  await eventually(async () => (await relayCell("node-d"))?.includes("rejected"), { what: "node-d to refuse it" });
+  assert.match(await status(), /node-d relay: \d+ bytes, more than \[fleet\] max_component_bytes \(1000\)/);
+  assert.equal(await servedTag(nodes["node-a"]), "big-v011", "the other nodes load it");
 });
 
 test("a publish without a key is refused; so is a component that is not a plugin", async () => {

@@ -320,6 +320,23 @@ impl FleetNode {
                     );
                     return None;
                 }
+                if u64::from(release.chunks) > release.size.max(1)
+                    || first_chunk.len() as u64 > release.size
+                {
+                    let reason = format!(
+                        "{} chunks, {} bytes in the first, for {} bytes",
+                        release.chunks,
+                        first_chunk.len(),
+                        release.size
+                    );
+                    self.note(
+                        &release.plugin,
+                        Some(&release),
+                        Outcome::Rejected,
+                        Some(reason),
+                    );
+                    return None;
+                }
                 let mut assembly = Assembly {
                     parts: vec![None; release.chunks as usize],
                     release,
@@ -334,6 +351,17 @@ impl FleetNode {
                 bytes,
             } => {
                 let mut assembly = pending.remove(plugin)?;
+                let held: usize = assembly.parts.iter().flatten().map(Vec::len).sum();
+                if (held + bytes.len()) as u64 > assembly.release.size {
+                    let reason = format!("its chunks exceed its {} bytes", assembly.release.size);
+                    self.note(
+                        plugin,
+                        Some(&assembly.release),
+                        Outcome::Rejected,
+                        Some(reason),
+                    );
+                    return None;
+                }
                 if assembly.release.digest == digest
                     && let Some(part @ None) = assembly.parts.get_mut(index as usize)
                 {
