@@ -210,6 +210,14 @@ test("a release signed by an untrusted key, and a tampered one, are refused on e
   );
   await eventually(async () => (await relayCell("node-a"))?.includes("untrusted"), { what: "the status to say untrusted" });
   assert.match(await status(), /node-a relay: its signature matches none of the trusted keys/);
+  // Unsigned: refused too, unless a node is in development mode.
+  const file = join(work, "relay-unsigned.wasm");
+  writeFileSync(file, relayVersion("unsig-05"));
+  assert.equal((await cli("plugin", "publish", file, "--unsigned")).code, 0);
+  await eventually(async () => /node-c relay: unsigned, and this node loads only signed releases/.test(await status()), {
+    what: "the unsigned release to be refused",
+  });
+  assert.deepEqual(Object.values(await tags()), ["fleet-v3", "fleet-v3", "fleet-v3"], "nothing untrusted loaded");
 
   // A genuine, signed release, then the same record again with a byte of the component flipped.
   await publish("good-v06", { extra: ["--canary", "1"] });
@@ -262,7 +270,7 @@ test("a node refuses a release larger than its max_component_bytes", async () =>
   await publish("big-v011");
   await eventually(async () => (await relayCell("node-d"))?.includes("rejected"), { what: "node-d to refuse it" });
   assert.match(await status(), /node-d relay: \d+ bytes, more than \[fleet\] max_component_bytes \(1000\)/);
-  assert.equal(await servedTag(nodes["node-a"]), "big-v011", "the other nodes load it");
+  await eventually(async () => (await servedTag(nodes["node-a"])) === "big-v011", { what: "the other nodes to load it" });
 });
 
 test("a publish without a key is refused; so is a component that is not a plugin", async () => {
