@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -371,17 +371,7 @@ impl Fleet<'_> {
         let mut latest: Option<Published> = None;
         for message in &messages {
             let key = std::str::from_utf8(message.key().unwrap_or_default()).unwrap_or_default();
-            let headers = Headers(
-                message
-                    .headers()
-                    .map(|headers| {
-                        headers
-                            .iter()
-                            .filter_map(|h| Some((h.key, std::str::from_utf8(h.value?).ok()?)))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            );
+            let headers = Headers::of(message);
             match Record::parse(key, message.payload(), &headers) {
                 Ok(Record::Release {
                     release,

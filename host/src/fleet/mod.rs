@@ -196,6 +196,22 @@ pub enum RecordError {
 pub struct Headers<'a>(pub Vec<(&'a str, &'a str)>);
 
 impl<'a> Headers<'a> {
+    /// A Kafka message's headers; a header whose value is not UTF-8 is left out.
+    pub fn of(message: &'a impl rdkafka::Message) -> Self {
+        use rdkafka::message::Headers as _;
+        Self(
+            message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .filter_map(|h| Some((h.key, std::str::from_utf8(h.value?).ok()?)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        )
+    }
+
     fn get(&self, name: &'static str) -> Result<&'a str, RecordError> {
         self.0
             .iter()

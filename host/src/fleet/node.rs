@@ -14,7 +14,6 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -270,17 +269,7 @@ impl FleetNode {
         pending: &mut BTreeMap<String, Assembly>,
     ) -> Option<Ready> {
         let key = std::str::from_utf8(message.key().unwrap_or_default()).ok()?;
-        let headers = Headers(
-            message
-                .headers()
-                .map(|headers| {
-                    headers
-                        .iter()
-                        .filter_map(|h| Some((h.key, std::str::from_utf8(h.value?).ok()?)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        );
+        let headers = Headers::of(message);
         let record = match Record::parse(key, message.payload(), &headers) {
             Ok(record) => record,
             Err(e) => {
@@ -307,28 +296,7 @@ impl FleetNode {
                 if self.is_stale(&release) {
                     return None;
                 }
-                if release.size > self.config.max_component_bytes {
-                    let reason = format!(
-                        "{} bytes, more than [fleet] max_component_bytes ({})",
-                        release.size, self.config.max_component_bytes
-                    );
-                    self.note(
-                        &release.plugin,
-                        Some(&release),
-                        Outcome::Rejected,
-                        Some(reason),
-                    );
-                    return None;
-                }
-                if u64::from(release.chunks) > release.size.max(1)
-                    || first_chunk.len() as u64 > release.size
-                {
-                    let reason = format!(
-                        "{} chunks, {} bytes in the first, for {} bytes",
-                        release.chunks,
-                        first_chunk.len(),
-                        release.size
-                    );
+                if let Some(reason) = self.misshapen(&release, first_chunk.len()) {
                     self.note(
                         &release.plugin,
                         Some(&release),
@@ -423,6 +391,25 @@ impl FleetNode {
                 self.note(&removal.plugin, None, Outcome::Removed, None);
             }
         }
+    }
+
+    /// Why a release is not assembled at all: too large for this node, or its chunks cannot
+    /// add up to its size.
+    fn misshapen(&self, release: &Release, first_chunk: usize) -> Option<String> {
+        if release.size > self.config.max_component_bytes {
+            return Some(format!(
+                "{} bytes, more than [fleet] max_component_bytes ({})",
+                release.size, self.config.max_component_bytes
+            ));
+        }
+        (u64::from(release.chunks) > release.size.max(1) || first_chunk as u64 > release.size).then(
+            || {
+                format!(
+                    "{} chunks, {first_chunk} bytes in the first, for {} bytes",
+                    release.chunks, release.size
+                )
+            },
+        )
     }
 
     /// A signed release older than the one applied (a replay): ignored, logged and counted.
