@@ -20,11 +20,12 @@ use socketioxide::extract::SocketRef;
 use socketioxide::{BroadcastError, SocketError, SocketIo};
 
 use crate::bus::{Bus, BusRecord, PublishError};
-use crate::cache::{Entry, Hydration, SnapshotCache};
+use crate::cache::{CacheKey, Entry, Hydration, SnapshotCache};
 use crate::delivery::{MustDeliver, must_deliver};
 use crate::metrics::{self, Counter, Metrics};
 use crate::pattern::NamePattern;
-use crate::plugin::{Action, PluginHandle};
+use crate::plugin::bindings::flux::gateway::types::CachePut;
+use crate::plugin::{Action, Manifest, PluginHandle};
 use crate::telemetry::{InternalEvent, PluginActionRefused};
 use crate::throttle::CommandBudget;
 
@@ -329,33 +330,13 @@ impl Dispatcher {
                 Ok(())
             }
             Action::CachePut(put) => {
-                let ttl = manifest
-                    .cache_ttl(&put.key)
-                    .ok_or_else(|| ActionRefused::UndeclaredCacheKey(put.key.clone()))?;
-                if let Some(hydrate) = &put.hydrate
-                    && !manifest.may_use_room(&hydrate.room)
-                {
-                    return Err(ActionRefused::UndeclaredRoom(hydrate.room.clone()));
-                }
-                let entry = Entry {
-                    payload: json(put.payload, "cache-put")?,
-                    ttl,
-                    hydrate: put.hydrate.map(|h| Hydration {
-                        room: h.room,
-                        event: h.event,
-                    }),
-                };
+                let (key, entry) = cache_entry(manifest, put)?;
                 let _gate = entry.hydrate.as_ref().map(|h| self.gates.lock(&h.room));
-                self.cache
-                    .put((manifest.name.as_str().into(), put.key.into()), entry);
+                self.cache.put(key, entry);
                 Ok(())
             }
             Action::CacheInvalidate(key) => {
-                if manifest.cache_ttl(&key).is_none() {
-                    return Err(ActionRefused::UndeclaredCacheKey(key));
-                }
-                self.cache
-                    .invalidate(&(manifest.name.as_str().into(), key.into()));
+                self.cache.invalidate(&cache_key(manifest, key)?);
                 Ok(())
             }
             Action::Publish(publish) => {
@@ -504,6 +485,35 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The cache entry a plugin's `cache-put` makes, if its manifest allows it.
+pub fn cache_entry(manifest: &Manifest, put: CachePut) -> Result<(CacheKey, Entry), ActionRefused> {
+    let ttl = manifest
+        .cache_ttl(&put.key)
+        .ok_or_else(|| ActionRefused::UndeclaredCacheKey(put.key.clone()))?;
+    if let Some(hydrate) = &put.hydrate
+        && !manifest.may_use_room(&hydrate.room)
+    {
+        return Err(ActionRefused::UndeclaredRoom(hydrate.room.clone()));
+    }
+    let entry = Entry {
+        payload: json(put.payload, "cache-put")?,
+        ttl,
+        hydrate: put.hydrate.map(|h| Hydration {
+            room: h.room,
+            event: h.event,
+        }),
+    };
+    Ok(((manifest.name.as_str().into(), put.key.into()), entry))
+}
+
+/// The cache key a plugin's `cache-invalidate` names, if its manifest declares it.
+pub fn cache_key(manifest: &Manifest, key: String) -> Result<CacheKey, ActionRefused> {
+    if manifest.cache_ttl(&key).is_none() {
+        return Err(ActionRefused::UndeclaredCacheKey(key));
+    }
+    Ok((manifest.name.as_str().into(), key.into()))
 }
 
 /// The size of the payload an action carries, if it carries one.

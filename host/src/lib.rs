@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`config`]: TOML configuration with flag and environment overrides; unknown keys
 //!   rejected.
+//! - [`authoring`]: `plugin new` (a Rust or Python project from the in-repo templates) and
+//!   `plugin check` (a component validated and exercised in the real runtime).
 //! - [`auth`]: handshake authentication (JWT: HS256, RS256/ES256 PEM keys, JWKS) and principals.
 //! - [`origins`]: the browser origin allowlist and CORS.
 //! - [`bus`]: the bus seam (records as Kafka carries them), the embedded bus and the Kafka bus.
@@ -34,6 +36,7 @@
 //! - [`throttle`]: per-socket event rates and per-address connection caps.
 
 pub mod auth;
+pub mod authoring;
 pub mod bus;
 pub mod cache;
 pub mod config;

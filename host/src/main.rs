@@ -32,7 +32,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Ship plugins to every node over Kafka: keygen, publish, promote, remove, status.
+    /// Write and ship plugins: new, check; to every node over Kafka: keygen, publish, promote,
+    /// remove, status.
     Plugin {
         #[command(subcommand)]
         command: PluginCommand,

@@ -33,6 +33,8 @@ const HEADLINES: [&str; 5] = [
     "Tech stocks rally on earnings",
     "Record turnout at city marathon",
 ];
+/// Foreign-exchange rates against the US dollar (the Python `fx` plugin's upstream).
+const CURRENCIES: [(&str, f64); 4] = [("EUR", 0.92), ("GBP", 0.79), ("INR", 84.3), ("JPY", 151.0)];
 const CONDITIONS: [&str; 5] = ["clear", "partly cloudy", "overcast", "light rain", "haze"];
 
 /// Starts the simulated services as tasks in `tasks`.
@@ -48,7 +50,10 @@ pub fn start(bus: Arc<dyn Bus>, config: &DemoConfig, tasks: &mut JoinSet<()>) {
         loop {
             ticks.tick().await;
             seq += 1;
-            let tick = ticker_market.lock().tick(seq);
+            let (tick, rates) = {
+                let mut market = ticker_market.lock();
+                (market.tick(seq), market.fx_rates(seq))
+            };
             let key = tick["symbol"].as_str().map(str::to_owned);
             publish(
                 &*ticker_bus,
@@ -56,6 +61,7 @@ pub fn start(bus: Arc<dyn Bus>, config: &DemoConfig, tasks: &mut JoinSet<()>) {
                 key.as_deref(),
                 tick,
             );
+            publish(&*ticker_bus, FX_RATES, Some("USD"), rates);
         }
     });
 
@@ -111,8 +117,11 @@ pub const COMMAND_TOPICS: [&str; 4] = [
     "stock.service.command.refresh",
 ];
 
+/// The FX service's rates, one record per ticker tick, keyed by base currency.
+pub const FX_RATES: &str = "fx.service.event.rates";
+
 /// Every topic the simulated services read or write.
-pub const TOPICS: [&str; 10] = [
+pub const TOPICS: [&str; 11] = [
     COMMAND_TOPICS[0],
     COMMAND_TOPICS[1],
     COMMAND_TOPICS[2],
@@ -123,6 +132,7 @@ pub const TOPICS: [&str; 10] = [
     "crypto.service.event.top-coins",
     "news.service.event.updated",
     "stock.service.event.top-performers",
+    FX_RATES,
 ];
 
 /// One record of every kind the simulated services publish, as they publish it: realistic
@@ -145,6 +155,8 @@ pub fn sample_records() -> Vec<BusRecord> {
         let (topic, key, payload) = market.snapshot(name).expect("a known snapshot");
         records.push(BusRecord::now(topic, Some(key), payload.to_string()));
     }
+    let rates = market.fx_rates(1).to_string();
+    records.push(BusRecord::now(FX_RATES, Some("USD"), rates));
     records
 }
 
@@ -160,6 +172,7 @@ struct Market {
     rng: u64,
     coins: Vec<f64>,
     stocks: Vec<f64>,
+    fx: Vec<f64>,
     news_edition: u64,
 }
 
@@ -169,8 +182,22 @@ impl Market {
             rng: now_ms() | 1,
             coins: COINS.iter().map(|c| c.2).collect(),
             stocks: STOCKS.iter().map(|s| s.2).collect(),
+            fx: CURRENCIES.iter().map(|c| c.1).collect(),
             news_edition: 0,
         }
+    }
+
+    /// Every rate moves a little; `seq` numbers the stream.
+    fn fx_rates(&mut self, seq: u64) -> Value {
+        let mut rates = serde_json::Map::new();
+        for (i, (currency, _)) in CURRENCIES.iter().enumerate() {
+            self.fx[i] *= 1.0 + self.noise() * 0.0005;
+            rates.insert(
+                (*currency).to_owned(),
+                json!((self.fx[i] * 1e4).round() / 1e4),
+            );
+        }
+        json!({ "seq": seq, "base": "USD", "rates": rates, "ts": now_ms() })
     }
 
     /// Uniform in [-1, 1).

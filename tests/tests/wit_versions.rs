@@ -96,3 +96,27 @@ async fn the_caller_is_visible_during_on_request_only() {
         "the previous caller does not leak into the next request: {anonymous}"
     );
 }
+
+/// The SDKs carry the WIT they bind, and their versions are its version: a team builds
+/// against them from its own repository, so they must never drift from the gateway's `wit/`.
+#[test]
+fn the_sdks_carry_the_gateways_wit_and_its_version() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+    assert_eq!(
+        read("plugins/sdk/wit/flux-gateway.wit"),
+        read("wit/flux-gateway.wit"),
+        "plugins/sdk/wit is a copy of wit/: copy it again"
+    );
+    let rust_sdk = read("plugins/sdk/Cargo.toml");
+    assert!(
+        rust_sdk.contains(&format!("\nversion = \"{WIT_VERSION}\"\n")),
+        "the Rust SDK's version is the WIT's ({WIT_VERSION})"
+    );
+    let python_sdk = read("plugins/python/flux_plugin_sdk/__init__.py");
+    assert!(
+        python_sdk.contains(&format!("__version__ = \"{WIT_VERSION}\"")),
+        "the Python SDK's version is the WIT's ({WIT_VERSION})"
+    );
+    assert!(read("wit/flux-gateway.wit").contains(&format!("package flux:gateway@{WIT_VERSION};")));
+}

@@ -18,16 +18,33 @@ use super::{
     Headers, PublisherKey, Record, Release, Removal, Stage, chunk_headers, chunk_key, chunks,
     unsigned_release, unsigned_removal,
 };
+use crate::authoring::{self, Language};
 use crate::bus::kafka::{BROKER_TIMEOUT, Quiet, client_config, plan_assignment};
 use crate::bus::{StartAt, now_ms};
-use crate::cache::SnapshotCache;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::plugin::WIT_VERSION;
 use crate::plugin::precompiled::content_digest;
-use crate::plugin::{PluginRuntime, WIT_VERSION};
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
+    /// Scaffold a plugin project in DIR (default: ./NAME): builds, tests and loads as it comes.
+    New {
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: Language,
+        dir: Option<PathBuf>,
+        /// The SDK dependency of a Rust project: a path, or a Cargo spec (`"0.1"`,
+        /// `{ git = "…" }`). Default: the SDK of the checkout this binary was built from.
+        #[arg(long)]
+        sdk: Option<String>,
+    },
+    /// Load a component in the real runtime with this configuration's limits, validate it
+    /// as a hot reload would, and replay sample inputs (JSON lines) through it.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        records: Option<PathBuf>,
+    },
     /// Make a publisher key: its secret goes to FILE (keep it private), its public half is
     /// printed for every node's `[fleet] trusted_keys`.
     Keygen {
@@ -91,8 +108,21 @@ impl Signing {
 }
 
 pub async fn run(command: PluginCommand, config: &Config) -> anyhow::Result<()> {
-    if let PluginCommand::Keygen { out } = &command {
-        return keygen(out);
+    match &command {
+        PluginCommand::Keygen { out } => return keygen(out),
+        PluginCommand::New {
+            name,
+            lang,
+            dir,
+            sdk,
+        } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from(name));
+            return authoring::new_project(name, *lang, &dir, sdk.as_deref());
+        }
+        PluginCommand::Check { file, records } => {
+            return authoring::check(file, records.as_deref(), config).await;
+        }
+        _ => {}
     }
     anyhow::ensure!(
         config.kafka.enabled(),
@@ -100,7 +130,9 @@ pub async fn run(command: PluginCommand, config: &Config) -> anyhow::Result<()> 
     );
     let fleet = Fleet { config };
     match command {
-        PluginCommand::Keygen { .. } => unreachable!("handled above"),
+        PluginCommand::Keygen { .. } | PluginCommand::New { .. } | PluginCommand::Check { .. } => {
+            unreachable!("handled above")
+        }
         PluginCommand::Publish {
             file,
             signing,
@@ -265,10 +297,7 @@ impl Fleet<'_> {
     /// Loads the component in the real runtime with this configuration's limits, exactly as a
     /// node would: a component, a compatible WIT, a sane `describe`, the allowlists.
     async fn validate(&self, component: Vec<u8>) -> anyhow::Result<(String, String)> {
-        let metrics = Arc::new(Metrics::default());
-        let cache = Arc::new(SnapshotCache::new(1 << 20, metrics.cache_evictions.clone()));
-        let runtime = PluginRuntime::new(self.config.policies(), None, cache, metrics)
-            .map_err(|e| anyhow::anyhow!("cannot start the plugin runtime: {e}"))?;
+        let (runtime, _) = authoring::runtime(self.config)?;
         let handle = tokio::task::spawn_blocking(move || runtime.load(&component))
             .await?
             .context("the component is not a valid plugin")?;

@@ -14,7 +14,14 @@
 //! ```
 //!
 //! Build with `cargo build --release --target wasm32-wasip2`; the `.wasm` in
-//! `target/wasm32-wasip2/release/` is the component the gateway loads.
+//! `target/wasm32-wasip2/release/` is the component the gateway loads. Test the mapping
+//! natively with [`testing`] (plain `cargo test`).
+//!
+//! The SDK carries the WIT it binds (`wit/flux-gateway.wit`, the gateway's own); its version
+//! is the WIT package's.
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 
 // The generated bindings name the SDK by its crate path, from inside it too.
 extern crate self as flux_plugin_sdk;
@@ -28,12 +35,13 @@ pub use wit_bindgen as __wit_bindgen;
 /// Raw bindings generated from `wit/`. Prefer the re-exports and helpers at the crate root.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         export_macro_name: "__export_plugin_world",
         default_bindings_module: "flux_plugin_sdk::bindings",
         runtime_path: "flux_plugin_sdk::__wit_bindgen::rt",
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -129,23 +137,35 @@ pub fn install_panic_logger() {
 /// claims); `None` outside `on_request` and on a gateway that runs without authentication.
 /// Refuse a request the caller may not make with `RequestError::Invalid`.
 pub fn caller() -> Option<Principal> {
-    bindings::flux::gateway::caller::current()
+    #[cfg(target_arch = "wasm32")]
+    return bindings::flux::gateway::caller::current();
+    #[cfg(not(target_arch = "wasm32"))]
+    return testing::caller();
 }
 
 /// Take the requesting socket out of its rooms matching `pattern` (`"weather.*"`), except the
 /// rooms this same answer joins. Only in `on_request`.
 pub fn leave_rooms(pattern: &str) {
-    bindings::flux::gateway::caller::leave_rooms(pattern)
+    #[cfg(target_arch = "wasm32")]
+    bindings::flux::gateway::caller::leave_rooms(pattern);
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::leave_rooms(pattern);
 }
 
 /// Read this plugin's cache.
 pub fn cache_get(key: &str) -> Option<String> {
-    bindings::flux::gateway::host::cache_get(key)
+    #[cfg(target_arch = "wasm32")]
+    return bindings::flux::gateway::host::cache_get(key);
+    #[cfg(not(target_arch = "wasm32"))]
+    return testing::cache_get(key);
 }
 
 /// Write to the gateway's log, tagged with this plugin's name and version.
 pub fn log(level: LogLevel, message: &str) {
+    #[cfg(target_arch = "wasm32")]
     bindings::flux::gateway::host::log(level, message);
+    #[cfg(not(target_arch = "wasm32"))]
+    testing::log(level, message);
 }
 
 /// Parse a JSON payload, with a reason fit for a dead-letter header or a client message.

@@ -41,3 +41,25 @@ impl Plugin for Example {
 }
 
 flux_plugin_sdk::plugin!(Example);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flux_plugin_sdk::testing::TestHost;
+
+    #[test]
+    fn a_record_is_relayed_and_kept_for_the_next_request() {
+        let host = TestHost::new();
+        let cold = host.request::<Example>("exampleRequest", "null").unwrap();
+        assert_eq!(cold, vec![reply(EVENT, loading("No data yet")), join(ROOM)]);
+
+        let actions = host
+            .record::<Example>(TOPIC, None, r#"{"value":42}"#)
+            .unwrap();
+        let payload = success(&serde_json::json!({ "value": 42 }));
+        assert_eq!(actions, snapshot(CACHE_KEY, ROOM, EVENT, payload.clone()));
+        let warm = host.request::<Example>("exampleRequest", "null").unwrap();
+        assert_eq!(warm, vec![reply(EVENT, payload)]);
+        assert!(host.record::<Example>(TOPIC, None, "not json").is_err());
+    }
+}
