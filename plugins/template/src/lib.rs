@@ -42,7 +42,7 @@ impl Plugin for Example {
 
 flux_plugin_sdk::plugin!(Example);
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
     use flux_plugin_sdk::testing::TestHost;
