@@ -11,6 +11,9 @@ COMPONENTIZE_PY_VERSION=0.25.1
 venv=target/pyenv
 
 if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+  if ! command -v python3 >/dev/null || ! python3 -c "import venv, ensurepip" 2>/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3 python3-venv
+  fi
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
