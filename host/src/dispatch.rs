@@ -168,7 +168,9 @@ impl RecentPublishes {
     /// Claims `(topic, key)` for this window; `None` if it was claimed within the window.
     fn claim(&self, topic: &str, key: String) -> Option<PublishClaim<'_>> {
         let seen = (topic.to_owned(), key);
-        let fresh = self.0.entry(seen.clone()).or_insert(()).is_fresh();
+        // `or_insert_with` coalesces concurrent callers: exactly one runs it and sees a fresh entry
+        // (`or_insert` does not: two concurrent requests could both publish).
+        let fresh = self.0.entry(seen.clone()).or_insert_with(|| ()).is_fresh();
         fresh.then_some(PublishClaim { recent: self, seen })
     }
 }
@@ -558,5 +560,31 @@ mod tests {
             recent.claim("weather.fetch", "delhi".into()).is_some(),
             "the window passed"
         );
+    }
+
+    #[test]
+    fn of_many_concurrent_claims_of_one_key_exactly_one_wins() {
+        for _ in 0..200 {
+            let recent = RecentPublishes::new(Duration::from_secs(2), 1 << 20);
+            let start = std::sync::Barrier::new(8);
+            let wins = std::thread::scope(|scope| {
+                let claims: Vec<_> = (0..8)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            recent
+                                .claim("crypto.refresh", "top-movers".into())
+                                .is_some()
+                        })
+                    })
+                    .collect();
+                claims
+                    .into_iter()
+                    .map(|claim| claim.join().unwrap())
+                    .filter(|won| *won)
+                    .count()
+            });
+            assert_eq!(wins, 1);
+        }
     }
 }

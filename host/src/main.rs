@@ -62,8 +62,20 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let outcome = runtime.block_on(serve());
+    // What is still running is dropped now. A Kafka consumer closes by leaving its group,
+    // which waits for the broker — forever when the brokers went first: bounded, so a node
+    // always exits (its offsets were committed while it ran; at least once either way).
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    outcome
+}
+
+/// How long the process waits, after serving, for its tasks and Kafka clients to close.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+async fn serve() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(cli.config.as_deref(), cli.overrides)?;
 

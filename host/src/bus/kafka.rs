@@ -500,7 +500,11 @@ pub(crate) fn plan_assignment(
             partitions.add_partition(topic, partition.id());
         }
     }
-    let committed = consumer.committed_offsets(partitions.clone(), BROKER_TIMEOUT)?;
+    // A log read whole has no group: nothing committed to ask the coordinator for.
+    let committed = match from {
+        StartAt::Beginning => TopicPartitionList::new(),
+        _ => consumer.committed_offsets(partitions.clone(), BROKER_TIMEOUT)?,
+    };
     let mut plan = BTreeMap::new();
     for element in partitions.elements() {
         let (topic, partition) = (element.topic(), element.partition());
