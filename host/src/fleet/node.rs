@@ -23,7 +23,7 @@ use super::{Distrust, Headers, Record, Release, Removal, Trust, TrustError};
 use crate::bus::kafka::{BROKER_TIMEOUT, Backoff, Quiet, client_config, plan_assignment};
 use crate::bus::{KafkaBus, StartAt, now_ms};
 use crate::config::{FleetConfig, KafkaConfig};
-use crate::lifecycle::{LoadOutcome, PluginSet, SlotState};
+use crate::lifecycle::{PluginSet, SlotState};
 use crate::metrics::Metrics;
 use crate::plugin::precompiled::content_digest;
 use crate::telemetry::{FleetRelease, InternalEvent};
@@ -377,10 +377,8 @@ impl FleetNode {
                         .load_published(&release.plugin, stage, component)
                         .await
                     {
-                        Ok(LoadOutcome::Added(_) | LoadOutcome::Replaced { .. }) => {
-                            (Outcome::Loaded, None)
-                        }
-                        Ok(LoadOutcome::Unchanged(_)) => (Outcome::Loaded, None),
+                        // Added, swapped in, or already running: this node runs it.
+                        Ok(_) => (Outcome::Loaded, None),
                         Err(reason) => (Outcome::Rejected, Some(reason)),
                     }
                 };
