@@ -271,13 +271,17 @@ pub async fn run(
     });
     gateway.attach(&io);
     let origins = OriginPolicy::new(config.socket.allowed_origins.as_deref());
-    let app = http::public_router(gateway.clone(), config.demo.enabled)
-        .layer(layer)
+    // Socket.IO wraps the router rather than being layered inside it: the router would first
+    // put a copy of the request's URI in its extensions, and a socket keeps those for its
+    // whole life — with them the connection's whole read buffer.
+    let app = tower::ServiceBuilder::new()
+        .layer(origins.cors(config.socket.cors_credentials))
         .layer(axum::middleware::from_fn_with_state(
             OriginGuard::new(origins.clone(), &metrics),
             origins::check_origin,
         ))
-        .layer(origins.cors(config.socket.cors_credentials));
+        .layer(layer)
+        .service(http::public_router(gateway.clone(), config.demo.enabled));
 
     let (stopping, mut stopped) = tokio::sync::watch::channel(false);
     if let Some(admin) = admin {
@@ -294,7 +298,9 @@ pub async fn run(
     let closing = io.clone();
     axum::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+            SocketAddr,
+        >(app),
     )
     .with_graceful_shutdown(async move {
         shutdown.await;

@@ -53,7 +53,7 @@ impl<H: EngineIoHandler> EngineIo<H> {
             protocol,
             transport,
             &self.config,
-            req,
+            detach(req),
             close_fn,
             supports_binary,
         );
@@ -112,6 +112,40 @@ impl<H: EngineIoHandler> EngineIo<H> {
             "remaining sockets",
         );
     }
+}
+
+/// Flux patch: the request parts a socket keeps for its whole life, copied out of the
+/// connection's read buffer. hyper parses the URI and header values as slices of that buffer
+/// (8 KiB or more per connection), so a socket holding them keeps the whole buffer alive long
+/// after the upgrade, although it needs only a few hundred bytes of it. Extensions are moved
+/// as they are: what the server put there is the server's to keep small.
+fn detach(parts: Parts) -> Parts {
+    let Parts {
+        method,
+        uri,
+        version,
+        headers,
+        extensions,
+        ..
+    } = parts;
+    let mut owned = http::Request::new(()).into_parts().0;
+    owned.method = method;
+    owned.version = version;
+    owned.extensions = extensions;
+    owned.uri = http::Uri::try_from(uri.to_string()).unwrap_or(uri);
+    owned.headers.reserve(headers.len());
+    let mut name = None;
+    for (next_name, value) in headers {
+        // `into_iter` names a header once, before all its values.
+        if let Some(next_name) = next_name {
+            name = Some(http::HeaderName::from_bytes(next_name.as_ref()).unwrap_or(next_name));
+        }
+        let Some(name) = name.clone() else { continue };
+        let mut copied = http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or(value.clone());
+        copied.set_sensitive(value.is_sensitive());
+        owned.headers.append(name, copied);
+    }
+    owned
 }
 
 #[cfg(test)]
