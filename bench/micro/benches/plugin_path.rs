@@ -4,7 +4,10 @@
 //! - `component`: the WebAssembly component called on this thread (lowering the records,
 //!   the guest's work, lifting the actions), as a plugin's worker thread calls it;
 //! - `worker`: the whole production path, through the plugin's job queue to its worker
-//!   thread and back.
+//!   thread and back;
+//! - `hop`: a job that runs nothing through the same queue and back: the worker hop alone;
+//! - `worker-nospin`, `hop-nospin`: the same with `limits.worker_spin_us = 0`, each side
+//!   sleeping as soon as it waits (what every call paid before the spin).
 //!
 //! And what replacing an instance after a trap costs.
 //!
@@ -14,12 +17,13 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use flux_gateway::plugin::WitRecord;
-use flux_micro_bench::{DOMAINS, batch, runtime};
+use flux_micro_bench::{DOMAINS, batch, runtime, runtime_without_spin};
 
 const BATCHES: [usize; 2] = [1, 64];
 
 fn plugin_path(c: &mut Criterion) {
     let runtime = runtime();
+    let sleepy = runtime_without_spin();
     let async_runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -28,7 +32,17 @@ fn plugin_path(c: &mut Criterion) {
         let wasm = flux_tests::wasm(domain.component);
         let mut instance = runtime.instance(&wasm).expect("the component loads");
         let worker = runtime.load(&wasm).expect("the component loads");
+        let sleepy_worker = sleepy.load(&wasm).expect("the component loads");
         let mut group = c.benchmark_group(format!("plugin_path/{}", domain.name));
+        for (name, worker) in [("hop", &worker), ("hop-nospin", &sleepy_worker)] {
+            group.bench_function(name, |b| {
+                b.iter(|| {
+                    async_runtime
+                        .block_on(worker.round_trip())
+                        .expect("answers")
+                })
+            });
+        }
         for size in BATCHES {
             let (host, guest) = batch(domain, size);
             group.throughput(Throughput::Elements(size as u64));
@@ -39,17 +53,19 @@ fn plugin_path(c: &mut Criterion) {
                 b.iter(|| black_box(instance.on_records(black_box(&host)).expect("maps")))
             });
             // The worker takes its batch by value, as the pipeline hands it over.
-            group.bench_function(format!("worker/batch-{size}"), |b| {
-                b.iter_batched(
-                    || host.clone(),
-                    |records| {
-                        async_runtime
-                            .block_on(worker.on_records(records))
-                            .expect("maps")
-                    },
-                    BatchSize::SmallInput,
-                )
-            });
+            for (name, worker) in [("worker", &worker), ("worker-nospin", &sleepy_worker)] {
+                group.bench_function(format!("{name}/batch-{size}"), |b| {
+                    b.iter_batched(
+                        || host.clone(),
+                        |records| {
+                            async_runtime
+                                .block_on(worker.on_records(records))
+                                .expect("maps")
+                        },
+                        BatchSize::SmallInput,
+                    )
+                });
+            }
         }
         group.finish();
     }

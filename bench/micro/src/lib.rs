@@ -103,8 +103,20 @@ pub fn batch(domain: &Domain, n: usize) -> (Vec<WitRecord>, Vec<flux_plugin_sdk:
 
 /// A runtime configured as the gateway's (default limits, no precompiled cache).
 pub fn runtime() -> PluginRuntime {
+    runtime_with(Policies::default())
+}
+
+/// The same with a plugin's worker, and its callers, going to sleep at once when idle
+/// (`limits.worker_spin_us = 0`): what a call costs when each side must be woken.
+pub fn runtime_without_spin() -> PluginRuntime {
+    let mut policies = Policies::default();
+    policies.defaults.worker_spin_us = 0;
+    runtime_with(policies)
+}
+
+fn runtime_with(policies: Policies) -> PluginRuntime {
     PluginRuntime::new(
-        Policies::default(),
+        policies,
         None,
         Arc::new(SnapshotCache::new(1 << 20, Default::default())),
         Arc::new(Metrics::default()),

@@ -3,8 +3,9 @@
 //! async side calls it through.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::circuit::{Blame, Guard, Refusal};
@@ -76,9 +77,10 @@ impl PluginHandle {
     ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel(JOB_QUEUE);
         let worker_guard = guard.clone();
+        let spin = limits.worker_spin();
         std::thread::Builder::new()
             .name(format!("plugin-{}", manifest.name))
-            .spawn(move || serve(instance, &worker_guard, queue))?;
+            .spawn(move || serve(instance, &worker_guard, queue, spin))?;
         Ok(Self {
             id,
             manifest,
@@ -111,6 +113,8 @@ enum Job {
         oneshot::Sender<Result<Answer, CallFailure>>,
     ),
     Timer(String, oneshot::Sender<Result<Vec<Action>, CallFailure>>),
+    /// Nothing to run: answered at once, so the round trip is the hop alone.
+    RoundTrip(oneshot::Sender<Result<(), CallFailure>>),
 }
 
 /// Who sent a client request: the principal the guest's `caller.current()` returns, and the
@@ -146,6 +150,12 @@ impl PluginHandle {
         self.ask(|reply| Job::Timer(name, reply)).await
     }
 
+    /// A job that does nothing: the hop to the worker and back, without the guest (what the
+    /// benchmarks measure the hop with).
+    pub async fn round_trip(&self) -> Result<(), CallFailure> {
+        self.ask(Job::RoundTrip).await
+    }
+
     /// Waits while the version is over its CPU budget: a plugin that burns CPU is slowed
     /// down, not allowed to starve the others.
     async fn within_budget(&self) {
@@ -159,19 +169,37 @@ impl PluginHandle {
         &self,
         job: impl FnOnce(oneshot::Sender<Result<T, CallFailure>>) -> Job,
     ) -> Result<T, CallFailure> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
         self.jobs
             .send(job(reply))
             .await
             .map_err(|_| CallFailure::Unavailable)?;
+        // Stay runnable for a short call's answer rather than let this runtime thread sleep
+        // and be woken for it; yielding lets every other task on the thread run meanwhile.
+        let until = Instant::now() + self.limits.worker_spin();
+        loop {
+            match answer.try_recv() {
+                Ok(outcome) => return outcome,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(CallFailure::Unavailable),
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
+                    tokio::task::yield_now().await;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => break,
+            }
+        }
         answer.await.map_err(|_| CallFailure::Unavailable)?
     }
 }
 
 /// A worker thread's loop: one job at a time, on the plugin's own instance, each admitted
 /// by the version's guard and its outcome recorded there.
-fn serve(mut instance: PluginInstance, guard: &Guard, mut queue: mpsc::Receiver<Job>) {
-    while let Some(job) = queue.blocking_recv() {
+fn serve(
+    mut instance: PluginInstance,
+    guard: &Guard,
+    mut queue: mpsc::Receiver<Job>,
+    spin: Duration,
+) {
+    while let Some(job) = next_job(&mut queue, spin) {
         // A caller that gave up has dropped its receiver; nothing to report then.
         match job {
             Job::Records(records, reply) => {
@@ -191,6 +219,23 @@ fn serve(mut instance: PluginInstance, guard: &Guard, mut queue: mpsc::Receiver<
                 let outcome = guarded(guard, false, Blame::Version, || instance.on_timer(&name));
                 let _ = reply.send(outcome);
             }
+            Job::RoundTrip(reply) => {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+}
+
+/// The next job, watched for `spin` before the thread sleeps on the queue: a job that comes
+/// within it is taken without a wake-up. `None` once every handle is gone.
+fn next_job(queue: &mut mpsc::Receiver<Job>, spin: Duration) -> Option<Job> {
+    let until = Instant::now() + spin;
+    loop {
+        match queue.try_recv() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) if Instant::now() < until => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => return queue.blocking_recv(),
         }
     }
 }
