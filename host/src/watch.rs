@@ -2,7 +2,9 @@
 //!
 //! Editors and build tools write in several steps (truncate and write, or write a temporary
 //! file and rename it over the old one), so a path is handled only once it has been quiet for
-//! the debounce time, and hidden files (`.name.wasm.tmp`) are ignored until renamed. A file
+//! the debounce time, and hidden files (`.name.wasm.tmp`) are ignored until renamed. A write
+//! that says it is complete — a file renamed into place, or closed by its writer — is handled
+//! at once: waiting longer would only delay a file that cannot change any more. A file
 //! caught half-written still fails validation and is rejected while the old version serves;
 //! the write that completes it triggers another load. The directory watch is re-added if the
 //! directory is removed and created again. Only writes, creations, renames and removals count:
@@ -13,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -24,7 +26,8 @@ use crate::lifecycle::{PluginSet, is_plugin_file};
 const REWATCH_EVERY: Duration = Duration::from_secs(1);
 
 enum Signal {
-    Changed(PathBuf),
+    /// `settled`: the event says the write is complete (renamed into place, or closed).
+    Changed { path: PathBuf, settled: bool },
     /// The directory itself went away, or the watcher failed: watch it again.
     Lost,
 }
@@ -43,8 +46,9 @@ pub async fn watch_plugins(dir: PathBuf, debounce: Duration, plugins: Arc<Plugin
             }
             Ok(event) if !changes_content(&event.kind) => return,
             Ok(event) => {
+                let settled = is_settled(&event.kind);
                 for path in event.paths {
-                    let _ = signals.send(Signal::Changed(path));
+                    let _ = signals.send(Signal::Changed { path, settled });
                 }
                 return;
             }
@@ -67,10 +71,13 @@ pub async fn watch_plugins(dir: PathBuf, debounce: Duration, plugins: Arc<Plugin
         let due = pending.values().min().map(|changed| *changed + debounce);
         tokio::select! {
             signal = received.recv() => match signal {
-                Some(Signal::Changed(path)) if is_plugin_file(&path) => {
-                    pending.insert(path, Instant::now());
+                Some(Signal::Changed { path, settled }) if is_plugin_file(&path) => {
+                    let now = Instant::now();
+                    // A settled write is due now: backdate it by the debounce time.
+                    let quiet_since = if settled { now.checked_sub(debounce).unwrap_or(now) } else { now };
+                    pending.insert(path, quiet_since);
                 }
-                Some(Signal::Changed(_)) => {}
+                Some(Signal::Changed { .. }) => {}
                 Some(Signal::Lost) => watching = false,
                 None => return,
             },
@@ -107,6 +114,15 @@ fn changes_content(kind: &EventKind) -> bool {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
     }
+}
+
+/// A file renamed into place (rename is atomic) or closed by the process that wrote it.
+fn is_settled(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+            | EventKind::Access(AccessKind::Close(AccessMode::Write))
+    )
 }
 
 fn start_watching(watcher: &mut RecommendedWatcher, dir: &Path) -> bool {
