@@ -3,7 +3,7 @@
 
 use flux_plugin_sdk::{
     Action, BusRecord, ClientRequest, Describe, Plugin, PluginInfo, RequestError, cache_get, emit,
-    join, loading, parse, publish_once, reply, snapshot, success,
+    join, loading, parse, publish_once, reply, snapshot, success, success_relayed,
 };
 use serde_json::{Map, Value, json};
 
@@ -39,10 +39,12 @@ impl Plugin for Crypto {
 
     fn on_record(record: &BusRecord) -> Result<Vec<Action>, String> {
         match record.topic.as_str() {
-            TICKER_TOPIC => {
-                let tick: Map<String, Value> = parse(&record.payload)?;
-                Ok(vec![emit(ROOM, TICKER_EVENT, success(&tick))])
-            }
+            // Relayed as it came: checked, not rebuilt.
+            TICKER_TOPIC => Ok(vec![emit(
+                ROOM,
+                TICKER_EVENT,
+                success_relayed(&record.payload)?,
+            )]),
             TOP_MOVERS_TOPIC => {
                 let data = parse_snapshot(&record.payload, &["topGainers", "topLosers"])?;
                 Ok(snapshot(

@@ -175,26 +175,72 @@ pub fn parse<T: DeserializeOwned>(payload: &str) -> Result<T, String> {
 
 /// `{"status":"success","data":…}`: the envelope of every state event in the client contract.
 pub fn success<T: Serialize + ?Sized>(data: &T) -> String {
-    envelope(serde_json::json!({ "status": "success", "data": data }))
+    envelope(&Envelope {
+        status: "success",
+        scope: None,
+        data: Some(data),
+        message: None,
+    })
 }
 
 /// `{"status":"success","scope":…,"data":…}`, for events the contract scopes (`newsUpdate`).
 pub fn scoped_success<T: Serialize + ?Sized>(scope: &str, data: &T) -> String {
-    envelope(serde_json::json!({ "status": "success", "scope": scope, "data": data }))
+    envelope(&Envelope {
+        status: "success",
+        scope: Some(scope),
+        data: Some(data),
+        message: None,
+    })
+}
+
+/// `{"status":"success","data":…}` around `data`, a JSON object passed through as it is: a
+/// relay checks that the record is one well-formed object, but neither builds it nor writes
+/// it again.
+pub fn success_relayed(data: &str) -> Result<String, String> {
+    let object = data.trim();
+    if !object.starts_with('{') {
+        return Err("invalid payload: not a JSON object".into());
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(object)
+        .map_err(|e| format!("invalid payload: {e}"))?;
+    Ok(format!(r#"{{"status":"success","data":{object}}}"#))
 }
 
 /// `{"status":"loading","message":…}`.
 pub fn loading(message: &str) -> String {
-    envelope(serde_json::json!({ "status": "loading", "message": message }))
+    envelope::<()>(&Envelope {
+        status: "loading",
+        scope: None,
+        data: None,
+        message: Some(message),
+    })
 }
 
 /// `{"status":"error","message":…}`.
 pub fn error(message: &str) -> String {
-    envelope(serde_json::json!({ "status": "error", "message": message }))
+    envelope::<()>(&Envelope {
+        status: "error",
+        scope: None,
+        data: None,
+        message: Some(message),
+    })
 }
 
-fn envelope(value: serde_json::Value) -> String {
-    value.to_string()
+/// Every envelope of the contract, written straight from the caller's data (no copy of it
+/// into a `serde_json::Value` first).
+#[derive(Serialize)]
+struct Envelope<'a, T: ?Sized> {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+}
+
+fn envelope<T: Serialize + ?Sized>(envelope: &Envelope<'_, T>) -> String {
+    serde_json::to_string(envelope).expect("an envelope of JSON values serialises")
 }
 
 /// Broadcast `payload` as `event` to `room`.
