@@ -2,7 +2,7 @@
 // each on a fresh tansu broker, one server at a time. Prints a Markdown table per scenario
 // with both figures and their ratio, and writes every raw report to bench/results/.
 //
-//   bash bench/run-scenarios.sh                      (all five scenarios, both servers)
+//   bash bench/run-scenarios.sh                      (all six scenarios, both servers)
 //   SCENARIOS=fanout,idle SERVERS=gateway bash bench/run-scenarios.sh
 //
 // Needs the release builds of flux-gateway and flux-load, the built plugins, tansu, and
@@ -28,6 +28,7 @@ const SCENARIOS = {
   idle: ["idle", "--clients", String(Math.min(20_000, Number(process.env.FD_LIMIT ?? 20_000) - 500)), "--hold", "30"],
   ticker: ["fanout", "--clients", "5000", "--rate", "200", "--seconds", "10"],
   storm: ["storm", "--clients", "5000", "--cities", "100", "--within-ms", "1000"],
+  crowd: ["crowd", "--clients", "5000", "--within-ms", "1000", "--rate", "10", "--seconds", "10"],
 };
 const pick = (variable, all) => (process.env[variable] ? process.env[variable].split(",") : all);
 const scenarios = pick("SCENARIOS", Object.keys(SCENARIOS));
@@ -93,8 +94,11 @@ const rows = [
   ["latency p50 ms", (r) => r.latencyMs?.p50, "lower"],
   ["latency p99 ms", (r) => r.latencyMs?.p99, "lower"],
   ["latency p99.9 ms", (r) => r.latencyMs?.p999, "lower"],
-  ["storm: hydrated", (r) => (r.scenario === "storm" ? r.hydrated : undefined)],
-  ["storm: all hydrated after ms", (r) => r.stormMs, "lower"],
+  ["hydrated", (r) => (["storm", "crowd"].includes(r.scenario) ? r.hydrated : undefined)],
+  ["all hydrated after ms", (r) => r.stormMs, "lower"],
+  ["join → hydrated p50 ms", (r) => r.joinLatencyMs?.p50, "lower"],
+  ["join → hydrated p99 ms", (r) => r.joinLatencyMs?.p99, "lower"],
+  ["server CPU µs per join", (r) => r.joinCpuUsPerClient, "lower"],
   ["errors / disconnects", (r) => `${r.errors} / ${r.disconnects}`],
   ["server CPU µs per delivery", (r) => r.serverCpuUsPerDelivery, "lower"],
   ["CPU s: server / load generator", (r) => (r.serverCpuSec != null ? `${r.serverCpuSec.toFixed(1)} / ${r.loadCpuSec.toFixed(1)}` : undefined)],

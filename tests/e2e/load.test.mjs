@@ -1,7 +1,7 @@
 // A smoke run of the load tool (bench/load) against the gateway and against its Node.js peer
 // (bench/peer), so neither side of the benchmark can rot: a few clients for a few seconds,
-// every expected event delivered, reconnect storm fully hydrated. Figures are not asserted:
-// benchmarks are run by hand (BENCHMARKS.md).
+// every expected event delivered, reconnect storm and crowded city fully hydrated. Figures
+// are not asserted: benchmarks are run by hand (BENCHMARKS.md).
 
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -40,7 +40,7 @@ const servers = {
 };
 
 for (const [name, start] of Object.entries(servers)) {
-  test(`the load tool drives the ${name}: fan-out delivered in full, storm hydrated`, async (t) => {
+  test(`the load tool drives the ${name}: fan-out delivered in full, storm hydrated, a crowded city served`, async (t) => {
     const broker = await startBroker();
     const server = await start(broker.brokers).catch(async (error) => {
       await broker.stop();
@@ -64,5 +64,11 @@ for (const [name, start] of Object.entries(servers)) {
     const storm = await load(server, broker.brokers, ["storm", "--clients", "30", "--cities", "3", "--within-ms", "300"]);
     assert.equal(storm.hydrated, 30);
     assert.ok(storm.stormMs > 0);
+
+    const crowd = await load(server, broker.brokers, ["crowd", "--clients", "40", "--within-ms", "300", "--rate", "5", "--seconds", "2"]);
+    assert.equal(crowd.hydrated, 40);
+    assert.ok(crowd.joinLatencyMs.p50 > 0 && crowd.stormMs > 0);
+    assert.ok(crowd.records >= 8, `records fed: ${crowd.records}`);
+    assert.equal(crowd.delivered, crowd.records * 40);
   });
 }

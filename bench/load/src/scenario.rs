@@ -55,6 +55,20 @@ pub enum Scenario {
         #[arg(long, default_value_t = 30.0)]
         hold: f64,
     },
+    /// A crowded city: `clients` clients all in one city send their location within
+    /// `within-ms` (each in its own slot of that time) and must each be hydrated with the
+    /// city's cached weather; then the city's weather is fed at `rate` per second for
+    /// `seconds`, and every update must reach every one of them.
+    Crowd {
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 1_000)]
+        within_ms: u64,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+    },
     /// `clients` joined over `cities` cities drop their connections at once and reconnect
     /// within `within-ms`; each must be hydrated with its city's cached weather again.
     Storm {
@@ -73,6 +87,7 @@ impl Scenario {
             Self::Fanout { .. } => "fanout",
             Self::Rooms { .. } => "rooms",
             Self::Idle { .. } => "idle",
+            Self::Crowd { .. } => "crowd",
             Self::Storm { .. } => "storm",
         }
     }
@@ -95,6 +110,10 @@ pub struct Report {
     pub feed_failed: u64,
     pub hydrated: u64,
     pub storm_ms: Option<f64>,
+    /// Each client's time from sending its location (connecting first) to being hydrated.
+    pub join_latency_ms: Option<[f64; 4]>,
+    /// CPU the server used while the crowd joined.
+    pub join_cpu_sec: Option<f64>,
     pub rss_base_kb: Option<u64>,
     pub rss_peak_kb: Option<u64>,
     pub rss_end_kb: Option<u64>,
@@ -123,7 +142,7 @@ impl Report {
         if self.delivered < self.expected {
             shortfalls.push(format!("{} of {} delivered", self.delivered, self.expected));
         }
-        if self.scenario == "storm" && self.hydrated < self.clients as u64 {
+        if matches!(self.scenario, "storm" | "crowd") && self.hydrated < self.clients as u64 {
             shortfalls.push(format!("{} of {} hydrated", self.hydrated, self.clients));
         }
         for (count, what) in [
@@ -143,9 +162,12 @@ impl Report {
     }
 
     pub fn to_json(&self) -> serde_json::Value {
-        let latency = self.latency_ms.map(
-            |[p50, p99, p999, max]| json!({ "p50": p50, "p99": p99, "p999": p999, "max": max }),
-        );
+        let quantiles = |ms: Option<[f64; 4]>| {
+            ms.map(
+                |[p50, p99, p999, max]| json!({ "p50": p50, "p99": p99, "p999": p999, "max": max }),
+            )
+        };
+        let latency = quantiles(self.latency_ms);
         json!({
             "label": self.label,
             "scenario": self.scenario,
@@ -161,6 +183,9 @@ impl Report {
             "feedFailed": self.feed_failed,
             "hydrated": self.hydrated,
             "stormMs": self.storm_ms,
+            "joinLatencyMs": quantiles(self.join_latency_ms),
+            "joinCpuSec": self.join_cpu_sec,
+            "joinCpuUsPerClient": self.join_cpu_sec.map(|cpu| cpu * 1e6 / self.clients.max(1) as f64),
             "rssBaseKb": self.rss_base_kb,
             "rssPeakKb": self.rss_peak_kb,
             "rssEndKb": self.rss_end_kb,
@@ -199,6 +224,15 @@ impl fmt::Display for Report {
                 "  storm        {} of {} hydrated, last after {storm:.0} ms",
                 self.hydrated, self.clients
             )?;
+        }
+        if let Some([p50, p99, p999, max]) = self.join_latency_ms {
+            writeln!(
+                f,
+                "  joins ms     p50 {p50:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}"
+            )?;
+        }
+        if let Some(cpu) = self.join_cpu_sec {
+            writeln!(f, "  join CPU     server {cpu:.2} s")?;
         }
         writeln!(
             f,
@@ -449,6 +483,12 @@ impl CpuWindow {
         }
     }
 
+    /// The server's CPU since the window started.
+    fn seconds(&self) -> Option<f64> {
+        let now = cpu_seconds(&self.server_pid?.to_string())?;
+        Some(now - self.server?)
+    }
+
     fn finish(self, report: &mut Report) {
         let used = |before: Option<f64>, now: Option<f64>| Some(now? - before?);
         report.server_cpu_sec = used(
@@ -559,6 +599,53 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             crowd.leave(&tally).await;
             read_tally(&mut report, &tally, &feed);
             return Ok(report);
+        }
+        Scenario::Crowd {
+            clients,
+            within_ms,
+            rate,
+            seconds,
+        } => {
+            report.clients = clients;
+            let city = city_name(0);
+            warm(&feed, std::slice::from_ref(&city)).await;
+            let joins = Arc::new(Tally::new(Measured::Weather));
+            let tally = Arc::new(Tally::new(Measured::Weather));
+            let cpu = CpuWindow::start(cli.server_pid);
+            let crowd = TimedJoins::run(
+                &dialer,
+                &joins,
+                &tally,
+                clients,
+                std::slice::from_ref(&city),
+                within_ms,
+            )
+            .await;
+            report.join_cpu_sec = cpu.seconds();
+            report.storm_ms = Some(crowd.all_hydrated_ms);
+            report.join_latency_ms = joins.latency_ms();
+            report.hydrated = joins.hydrated.load(Ordering::Relaxed);
+            let connected = joins.hydrated.load(Ordering::Relaxed);
+            let updates = |n: u64| Record {
+                topic: WEATHER_TOPIC,
+                key: city.clone(),
+                fields: format!(
+                    "\"city\":\"{city}\",\"temperatureC\":{}.5,\"seq\":{n}",
+                    n % 40
+                ),
+            };
+            let cpu = CpuWindow::start(cli.server_pid);
+            let sent = measure(&feed, &tally, rate, seconds, updates, |_| connected).await;
+            cpu.finish(&mut report);
+            report.records = sent.records;
+            report.expected = sent.expected;
+            crowd.release(&tally).await;
+            let hydrated = report.hydrated;
+            finish(&mut report, &tally, &feed, sent.started);
+            report.connected = joins.connected.load(Ordering::Relaxed);
+            report.hydrated = hydrated;
+            report.errors += joins.errors.load(Ordering::Relaxed);
+            report.disconnects += joins.disconnects.load(Ordering::Relaxed);
         }
         Scenario::Storm {
             clients,
@@ -724,17 +811,8 @@ async fn storm(
     within_ms: u64,
     ramp: usize,
 ) -> anyhow::Result<()> {
-    const HYDRATION_TIMEOUT: Duration = Duration::from_secs(20);
     let names: Vec<String> = (0..cities).map(city_name).collect();
-    for city in &names {
-        feed.send(Record {
-            topic: WEATHER_TOPIC,
-            key: city.clone(),
-            fields: format!("\"city\":\"{city}\",\"temperatureC\":21.5"),
-        });
-    }
-    // Let the server take the snapshots into its cache before anyone asks for them.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    warm(feed, &names).await;
     let warm = Arc::new(Tally::new(Measured::Weather));
     let crowd = Crowd::join(dialer, &warm, clients, &names, ramp).await;
     let deadline = Instant::now() + HYDRATION_TIMEOUT;
@@ -752,61 +830,116 @@ async fn storm(
     );
 
     let tally = Arc::new(Tally::new(Measured::Weather));
-    let (release, released) = watch::channel(false);
-    let settled = Arc::new(Semaphore::new(0));
-    let start = Instant::now();
-    let mut tasks = JoinSet::new();
-    for index in 0..clients {
-        let slot = start + Duration::from_micros(within_ms * 1000 * index as u64 / clients as u64);
-        let city = names[index % cities].clone();
-        let (dialer, tally, settled, released) = (
-            dialer.clone(),
-            tally.clone(),
-            settled.clone(),
-            released.clone(),
-        );
-        tasks.spawn(async move {
-            tokio::time::sleep_until(slot).await;
-            let began = Instant::now();
-            let reconnect = async {
-                let (mut client, mut hydrated) = dialer.join(index, &city, &tally).await?;
-                tally.connected.fetch_add(1, Ordering::Relaxed);
-                while !hydrated {
-                    client
-                        .next_event(&mut |event: Event<'_>| hydrated |= tally.observe(event))
-                        .await?;
-                }
-                Ok::<_, ClientError>(client)
-            };
-            let outcome = tokio::time::timeout(HYDRATION_TIMEOUT, reconnect).await;
-            settled.add_permits(1);
-            match outcome {
-                Ok(Ok(client)) => {
-                    let hydrated_at = now_micros();
-                    tally.latency.record(began.elapsed().as_micros() as u64);
-                    tally.last_receipt.fetch_max(hydrated_at, Ordering::Relaxed);
-                    tally.hydrated.fetch_add(1, Ordering::Relaxed);
-                    listen(client, true, &tally, released).await;
-                }
-                Ok(Err(error)) => tally.client_failed(&error),
-                Err(_) => {
-                    tally.errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-    }
-    let storm_began = now_micros() - start.elapsed().as_micros() as u64;
-    let _ = settled.acquire_many(clients as u32).await;
-    report.storm_ms = Some(
-        tally
-            .last_receipt
-            .load(Ordering::Relaxed)
-            .saturating_sub(storm_began) as f64
-            / 1000.0,
-    );
-    tally.stopping.store(true, Ordering::Relaxed);
-    let _ = release.send(true);
-    while tasks.join_next().await.is_some() {}
+    let storm = TimedJoins::run(dialer, &tally, &tally, clients, &names, within_ms).await;
+    report.storm_ms = Some(storm.all_hydrated_ms);
+    storm.release(&tally).await;
     read_tally(report, &tally, feed);
     Ok(())
+}
+
+/// Longest a client may take to connect, join and be hydrated.
+const HYDRATION_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Feeds one weather update per city, and gives the server time to cache them before anyone
+/// asks.
+async fn warm(feed: &Feed, cities: &[String]) {
+    for city in cities {
+        feed.send(Record {
+            topic: WEATHER_TOPIC,
+            key: city.clone(),
+            fields: format!("\"city\":\"{city}\",\"temperatureC\":21.5"),
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+}
+
+/// Clients joining in slots spread evenly over a time, each then listening until released.
+struct TimedJoins {
+    tasks: JoinSet<()>,
+    release: watch::Sender<bool>,
+    /// From the first slot until the last client was hydrated.
+    all_hydrated_ms: f64,
+}
+
+impl TimedJoins {
+    /// Joins client `i` to city `i % cities.len()` at `i / clients` of `within_ms`; each
+    /// must be hydrated, its time from its slot to its hydration recorded in `joins`. Events
+    /// after that go to `listening`. Returns once every client was hydrated or failed.
+    async fn run(
+        dialer: &Arc<Dialer>,
+        joins: &Arc<Tally>,
+        listening: &Arc<Tally>,
+        clients: usize,
+        cities: &[String],
+        within_ms: u64,
+    ) -> Self {
+        let (release, released) = watch::channel(false);
+        let settled = Arc::new(Semaphore::new(0));
+        let start = Instant::now();
+        let mut tasks = JoinSet::new();
+        for index in 0..clients {
+            let slot =
+                start + Duration::from_micros(within_ms * 1000 * index as u64 / clients as u64);
+            let city = cities[index % cities.len()].clone();
+            let (dialer, joins, listening, settled, released) = (
+                dialer.clone(),
+                joins.clone(),
+                listening.clone(),
+                settled.clone(),
+                released.clone(),
+            );
+            tasks.spawn(async move {
+                tokio::time::sleep_until(slot).await;
+                let began = Instant::now();
+                let joining = async {
+                    let (mut client, mut hydrated) = dialer.join(index, &city, &joins).await?;
+                    joins.connected.fetch_add(1, Ordering::Relaxed);
+                    while !hydrated {
+                        client
+                            .next_event(&mut |event: Event<'_>| hydrated |= joins.observe(event))
+                            .await?;
+                    }
+                    Ok::<_, ClientError>(client)
+                };
+                let outcome = tokio::time::timeout(HYDRATION_TIMEOUT, joining).await;
+                match outcome {
+                    Ok(Ok(client)) => {
+                        let hydrated_at = now_micros();
+                        joins.latency.record(began.elapsed().as_micros() as u64);
+                        joins.last_receipt.fetch_max(hydrated_at, Ordering::Relaxed);
+                        joins.hydrated.fetch_add(1, Ordering::Relaxed);
+                        settled.add_permits(1);
+                        listen(client, true, &listening, released).await;
+                    }
+                    Ok(Err(error)) => {
+                        joins.client_failed(&error);
+                        settled.add_permits(1);
+                    }
+                    Err(_) => {
+                        joins.errors.fetch_add(1, Ordering::Relaxed);
+                        settled.add_permits(1);
+                    }
+                }
+            });
+        }
+        let began = now_micros() - start.elapsed().as_micros() as u64;
+        let _ = settled.acquire_many(clients as u32).await;
+        let all_hydrated_ms = joins
+            .last_receipt
+            .load(Ordering::Relaxed)
+            .saturating_sub(began) as f64
+            / 1000.0;
+        Self {
+            tasks,
+            release,
+            all_hydrated_ms,
+        }
+    }
+
+    /// Lets every client go; what they report from now on is not counted.
+    async fn release(mut self, listening: &Tally) {
+        listening.stopping.store(true, Ordering::Relaxed);
+        let _ = self.release.send(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
