@@ -13,7 +13,10 @@ process.env.FLUX_GATEWAY_BIN ??= join(root, "target/release/flux-gateway");
 const { connect, nextEvent, request, startGateway, wasmDir, pluginDir } = await import("../tests/e2e/harness.mjs");
 
 const ROUNDS = Number(process.env.ROUNDS ?? 10);
-const CONFIG = "[demo]\nenabled = true\nticker_every_ms = 20\nsnapshot_every_ms = 1000\n[reload]\ndebounce_ms = 50\n";
+// A precompiled cache of this run's own: every version written below must be compiled once,
+// as a version never seen before would be (the test suite compiles the same relay versions).
+const precompiled = mkdtempSync(join(tmpdir(), "flux-bench-precompiled-"));
+const CONFIG = `[demo]\nenabled = true\nticker_every_ms = 20\nsnapshot_every_ms = 1000\n[reload]\ndebounce_ms = 50\nprecompiled_dir = ${JSON.stringify(precompiled)}\n`;
 
 const deploy = (dir, name, bytes) => {
   writeFileSync(join(dir, `.${name}.tmp`), bytes);

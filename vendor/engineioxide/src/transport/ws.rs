@@ -334,11 +334,7 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         tracing::debug!(sid = %socket.id, "session closed before starting the ws writer");
         return;
     };
-    let InternalRx {
-        buffered_rx,
-        volatile_rx,
-        ..
-    } = &mut *internal_rx;
+    let InternalRx { buffered_rx, .. } = &mut *internal_rx;
     let mut cancelled = std::pin::pin!(socket.cancellation_token.cancelled());
 
     // Forward buffered packets until the channel is closed or the session is cancelled.
@@ -350,14 +346,11 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
                 None => break,
             },
             () = &mut cancelled => break,
-            Ok(()) = volatile_rx.changed() => match volatile_rx.borrow_and_update().clone() {
-                Some(packets) => {
-                    #[cfg(feature = "tracing")]
-                    tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
-                    (packets, false)
-                }
-                None => continue,
-            },
+            packets = socket.volatile.next() => {
+                #[cfg(feature = "tracing")]
+                tracing::debug!(sid = ?socket.id, "ws volatile flush: {} packets", packets.len());
+                (packets, false)
+            }
         };
         feed(&socket, &mut tx, packets).await;
         // Whatever else is queued goes out with it, in one flush.
