@@ -20,6 +20,7 @@ const { startBroker, startGateway, startPeer, withTimeout } = await import("../t
 const loadBin = process.env.FLUX_LOAD_BIN ?? join(root, "target/release/flux-load");
 
 const FANOUT_RATE = process.env.FANOUT_RATE ?? "20";
+const CROWD_CLIENTS = process.env.CROWD_CLIENTS ?? "5000";
 const SCENARIOS = {
   fanout: ["fanout", "--clients", "10000", "--rate", FANOUT_RATE, "--seconds", "10"],
   rooms: ["rooms", "--cities", "1000", "--per-city", "10", "--rate", "1000", "--seconds", "10"],
@@ -28,7 +29,7 @@ const SCENARIOS = {
   idle: ["idle", "--clients", String(Math.min(20_000, Number(process.env.FD_LIMIT ?? 20_000) - 500)), "--hold", "30"],
   ticker: ["fanout", "--clients", "5000", "--rate", "200", "--seconds", "10"],
   storm: ["storm", "--clients", "5000", "--cities", "100", "--within-ms", "1000"],
-  crowd: ["crowd", "--clients", "5000", "--within-ms", "1000", "--rate", "10", "--seconds", "10"],
+  crowd: ["crowd", "--clients", CROWD_CLIENTS, "--within-ms", "1000", "--rate", "10", "--seconds", "10"],
 };
 const pick = (variable, all) => (process.env[variable] ? process.env[variable].split(",") : all);
 const scenarios = pick("SCENARIOS", Object.keys(SCENARIOS));
