@@ -55,10 +55,12 @@ test("a plugin that loops on every record: its circuit opens, the CPU comes back
   // Joins the crypto ticker's room.
   assert.equal((await request(client, "userLocationUpdate", mumbai)).status, "success");
 
+  // The circuit's state is the version's guard's; its last error is written by the plugin
+  // set's supervisor once it has handled the trip: wait for both.
   const opened = await eventually(async () => {
     const view = await relayView();
-    return view?.circuit === "open" && view;
-  }, { timeout: 10_000, what: "the looping plugin's circuit to open" });
+    return view?.circuit === "open" && /opened its circuit/.test(view.last_error ?? "") && view;
+  }, { timeout: 10_000, what: "the looping plugin's circuit to open, and the supervisor to record why" });
   assert.equal(opened.state, "active", "nothing to roll back to: it stays loaded");
   assert.match(opened.last_error, /opened its circuit.*nothing to roll back to/);
   assert.ok(await gateway.metric("flux_plugin_errors_total", 'plugin="relay",kind="timeout"') >= 5);
