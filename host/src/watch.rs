@@ -65,17 +65,16 @@ pub async fn watch_plugins(dir: PathBuf, debounce: Duration, plugins: Arc<Plugin
     };
     let mut watching = start_watching(&mut watcher, &dir);
 
+    // When each changed path is due to be handled.
     let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
     let mut rewatch = tokio::time::interval(REWATCH_EVERY);
     loop {
-        let due = pending.values().min().map(|changed| *changed + debounce);
+        let due = pending.values().min().copied();
         tokio::select! {
             signal = received.recv() => match signal {
                 Some(Signal::Changed { path, settled }) if is_plugin_file(&path) => {
-                    let now = Instant::now();
-                    // A settled write is due now: backdate it by the debounce time.
-                    let quiet_since = if settled { now.checked_sub(debounce).unwrap_or(now) } else { now };
-                    pending.insert(path, quiet_since);
+                    let wait = if settled { Duration::ZERO } else { debounce };
+                    pending.insert(path, Instant::now() + wait);
                 }
                 Some(Signal::Changed { .. }) => {}
                 Some(Signal::Lost) => watching = false,
@@ -85,7 +84,7 @@ pub async fn watch_plugins(dir: PathBuf, debounce: Duration, plugins: Arc<Plugin
                 let now = Instant::now();
                 let ready: Vec<PathBuf> = pending
                     .iter()
-                    .filter(|(_, changed)| now >= **changed + debounce)
+                    .filter(|(_, due)| now >= **due)
                     .map(|(path, _)| path.clone())
                     .collect();
                 for path in ready {
