@@ -566,17 +566,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
                 cli.ramp_concurrency,
             )
             .await;
-            let updates = |n: u64| {
-                let city = &names[n as usize % names.len()];
-                Record {
-                    topic: WEATHER_TOPIC,
-                    key: city.clone(),
-                    fields: format!(
-                        "\"city\":\"{city}\",\"temperatureC\":{}.5,\"seq\":{n}",
-                        n % 40
-                    ),
-                }
-            };
+            let updates = |n: u64| weather_update(&names[n as usize % names.len()], n);
             let members = crowd.members_per_city.clone();
             let cpu = CpuWindow::start(cli.server_pid);
             let sent = measure(&feed, &tally, rate, seconds, updates, |n| {
@@ -624,24 +614,16 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             report.join_cpu_sec = cpu.seconds();
             report.storm_ms = Some(crowd.all_hydrated_ms);
             report.join_latency_ms = joins.latency_ms();
-            report.hydrated = joins.hydrated.load(Ordering::Relaxed);
-            let connected = joins.hydrated.load(Ordering::Relaxed);
-            let updates = |n: u64| Record {
-                topic: WEATHER_TOPIC,
-                key: city.clone(),
-                fields: format!(
-                    "\"city\":\"{city}\",\"temperatureC\":{}.5,\"seq\":{n}",
-                    n % 40
-                ),
-            };
+            let hydrated = joins.hydrated.load(Ordering::Relaxed);
+            let updates = |n: u64| weather_update(&city, n);
             let cpu = CpuWindow::start(cli.server_pid);
-            let sent = measure(&feed, &tally, rate, seconds, updates, |_| connected).await;
+            let sent = measure(&feed, &tally, rate, seconds, updates, |_| hydrated).await;
             cpu.finish(&mut report);
             report.records = sent.records;
             report.expected = sent.expected;
             crowd.release(&tally).await;
-            let hydrated = report.hydrated;
             finish(&mut report, &tally, &feed, sent.started);
+            // Joining is counted by `joins`, the updates that followed by `tally`.
             report.connected = joins.connected.load(Ordering::Relaxed);
             report.hydrated = hydrated;
             report.errors += joins.errors.load(Ordering::Relaxed);
@@ -835,6 +817,18 @@ async fn storm(
     storm.release(&tally).await;
     read_tally(report, &tally, feed);
     Ok(())
+}
+
+/// The `n`th weather update for `city`, stamped when it is fed.
+fn weather_update(city: &str, n: u64) -> Record {
+    Record {
+        topic: WEATHER_TOPIC,
+        key: city.to_owned(),
+        fields: format!(
+            "\"city\":\"{city}\",\"temperatureC\":{}.5,\"seq\":{n}",
+            n % 40
+        ),
+    }
 }
 
 /// Longest a client may take to connect, join and be hydrated.
