@@ -346,6 +346,33 @@ describe("limits on the edge", () => {
   });
 });
 
+describe("a disconnect the client keeps sending into", () => {
+  let gateway;
+
+  before(async () => {
+    gateway = await startGateway("[demo]\nenabled = true\n[socket]\nevents_per_sec = 5\nevent_burst = 10\nrefused_events_before_disconnect = 20\n");
+  });
+
+  after(async () => {
+    if (gateway) await gateway.stop();
+  });
+
+  // The flooder's last events are still unread on the server when it closes the connection;
+  // a close with unread data is a TCP reset, which made the client's kernel discard the
+  // DISCONNECT (and whatever came before it) now and then: "transport close", no reason.
+  test("a flooder told to go always learns why, however much it sent after", async () => {
+    const reasons = {};
+    for (let round = 0; round < 100; round++) {
+      const flooder = await gateway.open();
+      const disconnected = new Promise((done) => flooder.once("disconnect", done));
+      for (let i = 0; i < 60; i++) flooder.emit("getUserId");
+      const reason = await withTimeout(disconnected, 5_000, "the flooder to be disconnected");
+      reasons[reason] = (reasons[reason] ?? 0) + 1;
+    }
+    assert.deepEqual(reasons, { "io server disconnect": 100 });
+  });
+});
+
 describe("a gateway with a room cap", () => {
   let gateway;
 

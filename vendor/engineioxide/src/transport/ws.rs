@@ -5,6 +5,7 @@
 //! and to handle upgrade from polling to ws
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{
     SinkExt, StreamExt, TryStreamExt,
@@ -211,10 +212,10 @@ where
         let Self {
             engine,
             socket,
-            rx,
+            mut rx,
             heartbeat,
         } = self;
-        let reading = forward_to_handler(&engine, rx, &socket);
+        let reading = forward_to_handler(&engine, &mut rx, &socket);
         let outcome = if heartbeat {
             let (interval, timeout) = (engine.config.ping_interval, engine.config.ping_timeout);
             tokio::select! {
@@ -251,15 +252,34 @@ where
             None => {
                 #[cfg(feature = "tracing")]
                 tracing::debug!(sid = %socket.id, "socket is closing");
+                // Boxed: only a closing session pays for the linger's timer.
+                Box::pin(linger(&mut rx)).await;
             }
         }
     }
 }
 
+/// How long a session the server closed keeps reading, waiting for the client's close.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Flux patch: the server closed the session; reads and discards what the client still sends
+/// until it answers the writer's close frame (or [`CLOSE_LINGER`] passes). Closing a TCP
+/// socket with unread data in it sends a reset instead of a FIN, and a reset makes the
+/// client's kernel discard what it received but its application had not yet read: a flooding
+/// client that is disconnected would lose the DISCONNECT packet and the events before it, and
+/// see its transport close for no reason it is told.
+async fn linger<S>(rx: &mut SplitStream<WebSocketStream<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let drain = async { while let Some(Ok(_)) = rx.next().await {} };
+    tokio::time::timeout(CLOSE_LINGER, drain).await.ok();
+}
+
 /// Forwards all packets received from a websocket to a EngineIo [`Socket`]
 async fn forward_to_handler<H: EngineIoHandler, S>(
     engine: &Arc<EngineIo<H>>,
-    mut rx: SplitStream<WebSocketStream<S>>,
+    rx: &mut SplitStream<WebSocketStream<S>>,
     socket: &Arc<Socket<H::Data>>,
 ) -> Result<(), Error>
 where
@@ -361,6 +381,15 @@ async fn forward_to_socket<H: EngineIoHandler, S>(
         #[cfg(feature = "tracing")]
         tracing::trace!(sid = %socket.id, "ws flush");
         tx.flush().await.ok();
+    }
+
+    // Flux patch: what was queued before the session closed still goes out (a server
+    // disconnect queues its DISCONNECT and CLOSE packets, then cancels). The loop above can
+    // see the cancellation first: `recv` answers `Pending` once the task has used up its
+    // cooperative budget, however full the channel, while the cancellation is ready. A client
+    // would then see the transport close without being told why.
+    while let Ok(packets) = buffered_rx.try_recv() {
+        feed(&socket, &mut tx, packets).await;
     }
 
     #[cfg(feature = "tracing")]
