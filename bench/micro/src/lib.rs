@@ -101,17 +101,27 @@ pub fn batch(domain: &Domain, n: usize) -> (Vec<WitRecord>, Vec<flux_plugin_sdk:
     (host, guest)
 }
 
-/// A runtime configured as the gateway's (default limits, no precompiled cache).
+/// A runtime configured as the gateway's (default limits, no precompiled cache), except for
+/// the CPU budget: a benchmark calls a plugin flat out, and the default budget (half a core)
+/// would make the worker path wait for it half the time (about twice the cost per call, as
+/// this benchmark once reported). The budget is a policy; these benchmarks measure the cost.
 pub fn runtime() -> PluginRuntime {
-    runtime_with(Policies::default())
+    runtime_with(unbudgeted())
 }
 
 /// The same with a plugin's worker, and its callers, going to sleep at once when idle
 /// (`limits.worker_spin_us = 0`): what a call costs when each side must be woken.
 pub fn runtime_without_spin() -> PluginRuntime {
-    let mut policies = Policies::default();
+    let mut policies = unbudgeted();
     policies.defaults.worker_spin_us = 0;
     runtime_with(policies)
+}
+
+/// The default policies without a CPU budget (`limits.cpu_ms_per_sec = 0`).
+fn unbudgeted() -> Policies {
+    let mut policies = Policies::default();
+    policies.defaults.cpu_ms_per_sec = 0;
+    policies
 }
 
 fn runtime_with(policies: Policies) -> PluginRuntime {
