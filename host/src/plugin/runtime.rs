@@ -30,6 +30,9 @@ use crate::telemetry::{InternalEvent, PrecompiledRefused};
 
 /// How often the epoch advances; call deadlines are measured in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Set (to anything) to have guest code named in `perf` profiles: each compiled function is
+/// listed in `/tmp/perf-PID.map`, which `perf report` reads.
+pub const PERFMAP_ENV: &str = "FLUX_WASM_PERFMAP";
 /// A component (not a core module) starts with this: magic, then layer 1.
 const COMPONENT_HEADER: [u8; 8] = [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00];
 
@@ -90,6 +93,9 @@ impl PluginRuntime {
             .epoch_interruption(true)
             .cranelift_opt_level(wasmtime::OptLevel::Speed)
             .max_wasm_stack(512 * 1024);
+        if std::env::var_os(PERFMAP_ENV).is_some() {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
