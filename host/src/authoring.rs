@@ -144,7 +144,7 @@ flux-plugin-sdk = {sdk}
 serde_json = "1"
 
 [profile.release]
-opt-level = "s"
+opt-level = 3
 lto = true
 codegen-units = 1
 strip = true
