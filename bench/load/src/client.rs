@@ -158,12 +158,12 @@ impl Client {
 /// each reading one small frame at a time, that memset alone took a third of this machine's
 /// two cores and made every server measured look slower than it is. Frames here are a few
 /// hundred bytes; a larger one only takes more reads.
-fn ws_config() -> tungstenite::protocol::WebSocketConfig {
+pub(crate) fn ws_config() -> tungstenite::protocol::WebSocketConfig {
     tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
 }
 
 /// `42["name",...]` → the event; anything else (acks, other packet types) → `None`.
-fn parse_event(frame: &str) -> Option<Event<'_>> {
+pub(crate) fn parse_event(frame: &str) -> Option<Event<'_>> {
     let rest = frame.strip_prefix("42[\"")?;
     let end = rest.find('"')?;
     Some(Event {

@@ -6,11 +6,13 @@
 //! # Layout
 //! - [`client`]: a minimal Socket.IO client over the websocket transport.
 //! - [`feed`]: the Kafka record source, stamping each record with its send time.
+//! - [`floor`]: the same clients written to by threads that do nothing else: the machine's floor.
 //! - [`histogram`]: the lock-free latency histogram every client records into.
 //! - [`scenario`]: the scenarios and their report.
 
 mod client;
 mod feed;
+mod floor;
 mod histogram;
 mod scenario;
 
@@ -51,6 +53,9 @@ pub struct Cli {
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     raise_fd_limit()?;
+    if let scenario::Scenario::FloorServer(floor) = cli.scenario {
+        return floor::serve(floor).map(|()| ExitCode::SUCCESS);
+    }
     let report = scenario::run(&cli).await?;
     if cli.json {
         println!("{}", report.to_json());

@@ -12,16 +12,16 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::Cli;
 use crate::client::{Client, ClientError, Event, integer_field};
 use crate::feed::{Feed, Record, now_micros};
 use crate::histogram::Histogram;
+use crate::{Cli, floor};
 
 const TICKER_TOPIC: &str = "crypto.service.event.ticker";
 const WEATHER_TOPIC: &str = "weather.service.event.updated";
 const TICKER_EVENT: &str = "cryptoTickerResponse";
 /// After the feed stops, how long deliveries may keep arriving before the count is final.
-const DRAIN: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN: Duration = Duration::from_secs(10);
 /// Loopback source addresses the clients are spread over (each has ~28k ephemeral ports).
 const LOOPBACK_SOURCES: u8 = 8;
 
@@ -55,6 +55,12 @@ pub enum Scenario {
         #[arg(long, default_value_t = 30.0)]
         hold: f64,
     },
+    /// The floor: the same clients, written the same frames by threads that do nothing else
+    /// (no broker, no server): what this machine's loopback and clients alone cost.
+    Floor(floor::Floor),
+    /// The floor's writing side, in the process `floor` starts.
+    #[command(hide = true)]
+    FloorServer(floor::Floor),
     /// A crowded city: `clients` clients all in one city send their location within
     /// `within-ms` (each in its own slot of that time) and must each be hydrated with the
     /// city's cached weather; then the city's weather is fed at `rate` per second for
@@ -88,6 +94,7 @@ impl Scenario {
             Self::Rooms { .. } => "rooms",
             Self::Idle { .. } => "idle",
             Self::Crowd { .. } => "crowd",
+            Self::Floor(_) | Self::FloorServer(_) => "floor",
             Self::Storm { .. } => "storm",
         }
     }
@@ -262,7 +269,7 @@ impl fmt::Display for Report {
 
 /// Which events a run measures.
 #[derive(Clone, Copy)]
-enum Measured {
+pub(crate) enum Measured {
     Ticker,
     Weather,
 }
@@ -277,22 +284,22 @@ impl Measured {
 }
 
 /// Counters every client task updates.
-struct Tally {
+pub(crate) struct Tally {
     measured: Measured,
     /// Events stamped before this (µs since the epoch) are warm-up, not measured.
-    window_start: AtomicU64,
-    last_receipt: AtomicU64,
+    pub(crate) window_start: AtomicU64,
+    pub(crate) last_receipt: AtomicU64,
     latency: Histogram,
-    delivered: AtomicU64,
-    connected: AtomicU64,
-    errors: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) connected: AtomicU64,
+    pub(crate) errors: AtomicU64,
     disconnects: AtomicU64,
     hydrated: AtomicU64,
-    stopping: AtomicBool,
+    pub(crate) stopping: AtomicBool,
 }
 
 impl Tally {
-    fn new(measured: Measured) -> Self {
+    pub(crate) fn new(measured: Measured) -> Self {
         Self {
             measured,
             window_start: AtomicU64::new(u64::MAX),
@@ -308,7 +315,7 @@ impl Tally {
     }
 
     /// Looks at one event a client received; true when it is a measured one.
-    fn observe(&self, event: Event<'_>) -> bool {
+    pub(crate) fn observe(&self, event: Event<'_>) -> bool {
         if event.name == "error" {
             self.errors.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -338,7 +345,7 @@ impl Tally {
         .fetch_add(1, Ordering::Relaxed);
     }
 
-    fn latency_ms(&self) -> Option<[f64; 4]> {
+    pub(crate) fn latency_ms(&self) -> Option<[f64; 4]> {
         let ms = |q| self.latency.quantile(q).map(|us| us as f64 / 1000.0);
         Some([ms(0.5)?, ms(0.99)?, ms(0.999)?, ms(1.0)?])
     }
@@ -349,20 +356,26 @@ struct Dialer {
     server: SocketAddr,
 }
 
+/// The address client `index` connects from: spread over loopback addresses for a loopback
+/// server (each has ~28k ephemeral ports), any address otherwise.
+pub(crate) fn loopback_source(server: SocketAddr, index: usize) -> IpAddr {
+    if server.ip().is_loopback() && server.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            0,
+            1 + (index % LOOPBACK_SOURCES as usize) as u8,
+        ))
+    } else if server.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    }
+}
+
 impl Dialer {
     fn source(&self, index: usize) -> IpAddr {
-        if self.server.ip().is_loopback() && self.server.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::new(
-                127,
-                0,
-                0,
-                1 + (index % LOOPBACK_SOURCES as usize) as u8,
-            ))
-        } else if self.server.is_ipv4() {
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-        } else {
-            IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-        }
+        loopback_source(self.server, index)
     }
 
     /// Connects and does what a Flux page does first: `getUserId`, then `userLocationUpdate`
@@ -468,14 +481,14 @@ impl RssSampler {
 }
 
 /// CPU time the server and this process use over a stretch of a run.
-struct CpuWindow {
+pub(crate) struct CpuWindow {
     server_pid: Option<u32>,
     server: Option<f64>,
     load: Option<f64>,
 }
 
 impl CpuWindow {
-    fn start(server_pid: Option<u32>) -> Self {
+    pub(crate) fn start(server_pid: Option<u32>) -> Self {
         Self {
             server_pid,
             server: server_pid.and_then(|pid| cpu_seconds(&pid.to_string())),
@@ -489,7 +502,7 @@ impl CpuWindow {
         Some(now - self.server?)
     }
 
-    fn finish(self, report: &mut Report) {
+    pub(crate) fn finish(self, report: &mut Report) {
         let used = |before: Option<f64>, now: Option<f64>| Some(now? - before?);
         report.server_cpu_sec = used(
             self.server,
@@ -512,6 +525,15 @@ fn cpu_seconds(pid: &str) -> Option<f64> {
 }
 
 pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
+    if let Scenario::Floor(floor) = cli.scenario {
+        let mut report = Report {
+            label: "floor".into(),
+            scenario: "floor",
+            ..Report::default()
+        };
+        floor::run(&mut report, floor, cli.ramp_concurrency).await?;
+        return Ok(report);
+    }
     let feed = Feed::new(&cli.brokers)?;
     feed.prepare(&[TICKER_TOPIC, WEATHER_TOPIC]).await?;
     let rss = RssSampler::start(cli.server_pid);
@@ -628,6 +650,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             report.hydrated = hydrated;
             report.errors += joins.errors.load(Ordering::Relaxed);
             report.disconnects += joins.disconnects.load(Ordering::Relaxed);
+        }
+        Scenario::Floor(_) | Scenario::FloorServer(_) => {
+            unreachable!("the floor needs no broker: run above")
         }
         Scenario::Storm {
             clients,
