@@ -26,6 +26,13 @@ answer_after_ms = 20
 
 let relayBuild;
 
+// Gateways still running when this process exits (a failed test or benchmark script that
+// never reached `stop()`) are killed with it, rather than left serving in the background.
+const running = new Set();
+process.once("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 /**
  * The `relay` fixture with its 8-character version tag patched in — a distinct version per
  * tag, without a rebuild (see tests/fixtures/relay) — and, for `trap` and `loop` versions, the
@@ -77,7 +84,13 @@ export async function startGateway(
   });
   const logs = [];
   child.stderr.setEncoding("utf8").on("data", (chunk) => logs.push(chunk));
-  const exited = new Promise((done) => child.once("exit", (code, signal) => done({ code, signal })));
+  running.add(child);
+  const exited = new Promise((done) =>
+    child.once("exit", (code, signal) => {
+      running.delete(child);
+      done({ code, signal });
+    }),
+  );
 
   const [url, adminUrl] = await withTimeout(
     new Promise((found, failed) => {
