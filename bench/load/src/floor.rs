@@ -157,17 +157,7 @@ pub async fn run(report: &mut Report, floor: Floor, ramp: usize) -> anyhow::Resu
     readers.abort_all();
     report.records = events;
     report.expected = expected;
-    report.connected = tally.connected.load(Ordering::Relaxed);
-    report.delivered = tally.delivered.load(Ordering::Relaxed);
-    report.errors = tally.errors.load(Ordering::Relaxed);
-    report.latency_ms = tally.latency_ms();
-    let span = tally
-        .last_receipt
-        .load(Ordering::Relaxed)
-        .saturating_sub(writing_from);
-    if span > 0 {
-        report.deliveries_per_sec = report.delivered as f64 / (span as f64 / 1e6);
-    }
+    tally.report(report, Some(writing_from));
     Ok(())
 }
 

@@ -288,7 +288,7 @@ pub(crate) struct Tally {
     measured: Measured,
     /// Events stamped before this (µs since the epoch) are warm-up, not measured.
     pub(crate) window_start: AtomicU64,
-    pub(crate) last_receipt: AtomicU64,
+    last_receipt: AtomicU64,
     latency: Histogram,
     pub(crate) delivered: AtomicU64,
     pub(crate) connected: AtomicU64,
@@ -345,7 +345,26 @@ impl Tally {
         .fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn latency_ms(&self) -> Option<[f64; 4]> {
+    /// Its counts into `report`; given when events began (µs since the epoch), the deliveries
+    /// per second from then to the last receipt.
+    pub(crate) fn report(&self, report: &mut Report, events_from: Option<u64>) {
+        report.connected = self.connected.load(Ordering::Relaxed);
+        report.delivered = self.delivered.load(Ordering::Relaxed);
+        report.hydrated = self.hydrated.load(Ordering::Relaxed);
+        report.errors = self.errors.load(Ordering::Relaxed);
+        report.disconnects = self.disconnects.load(Ordering::Relaxed);
+        report.latency_ms = self.latency_ms();
+        let span = events_from.map_or(0, |from| {
+            self.last_receipt
+                .load(Ordering::Relaxed)
+                .saturating_sub(from)
+        });
+        if span > 0 {
+            report.deliveries_per_sec = report.delivered as f64 / (span as f64 / 1e6);
+        }
+    }
+
+    fn latency_ms(&self) -> Option<[f64; 4]> {
         let ms = |q| self.latency.quantile(q).map(|us| us as f64 / 1000.0);
         Some([ms(0.5)?, ms(0.99)?, ms(0.999)?, ms(1.0)?])
     }
@@ -785,25 +804,14 @@ async fn measure(
 
 /// What every scenario reports from its tally.
 fn read_tally(report: &mut Report, tally: &Tally, feed: &Feed) {
-    report.connected = tally.connected.load(Ordering::Relaxed);
-    report.delivered = tally.delivered.load(Ordering::Relaxed);
-    report.hydrated = tally.hydrated.load(Ordering::Relaxed);
-    report.errors = tally.errors.load(Ordering::Relaxed);
-    report.disconnects = tally.disconnects.load(Ordering::Relaxed);
+    tally.report(report, None);
     report.feed_failed = feed.failed();
-    report.latency_ms = tally.latency_ms();
 }
 
 /// The tally of a run that fed records from `started`, with its deliveries per second.
 fn finish(report: &mut Report, tally: &Tally, feed: &Feed, started: u64) {
-    read_tally(report, tally, feed);
-    let span = tally
-        .last_receipt
-        .load(Ordering::Relaxed)
-        .saturating_sub(started);
-    if span > 0 {
-        report.deliveries_per_sec = report.delivered as f64 / (span as f64 / 1e6);
-    }
+    tally.report(report, Some(started));
+    report.feed_failed = feed.failed();
 }
 
 /// Warms the cache with every city's weather, joins everyone, then drops every connection at
