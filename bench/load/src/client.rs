@@ -43,14 +43,7 @@ impl Client {
     /// Connects from `source` (spreading clients over loopback addresses keeps 20,000
     /// connections clear of the ephemeral-port range) and joins the default namespace.
     pub async fn connect(server: SocketAddr, source: IpAddr) -> Result<Self, ClientError> {
-        let socket = if server.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.bind(SocketAddr::new(source, 0))?;
-        let stream = socket.connect(server).await?;
-        stream.set_nodelay(true)?;
+        let stream = dial(server, source).await?;
         let url = format!("ws://{server}/socket.io/?EIO=4&transport=websocket");
         let (ws, _response) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config())).await?;
@@ -152,6 +145,19 @@ impl Client {
             _ => Ok(None),
         }
     }
+}
+
+/// A TCP connection to `server` from `source`, without Nagle's delay.
+pub(crate) async fn dial(server: SocketAddr, source: IpAddr) -> std::io::Result<TcpStream> {
+    let socket = if server.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(source, 0))?;
+    let stream = socket.connect(server).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// tungstenite's default read buffer is 128 KiB, zeroed on every read: with 10,000 clients

@@ -23,7 +23,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
-use crate::client::{parse_event, ws_config};
+use crate::client::{dial, parse_event, ws_config};
 use crate::feed::now_micros;
 use crate::scenario::{CpuWindow, DRAIN, Measured, Report, Tally, loopback_source};
 
@@ -225,10 +225,7 @@ async fn connect(
     server: SocketAddr,
     index: usize,
 ) -> std::io::Result<WebSocketStream<tokio::net::TcpStream>> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(loopback_source(server, index), 0))?;
-    let stream = socket.connect(server).await?;
-    stream.set_nodelay(true)?;
+    let stream = dial(server, loopback_source(server, index)).await?;
     Ok(WebSocketStream::from_raw_socket(stream, Role::Client, Some(ws_config())).await)
 }
 

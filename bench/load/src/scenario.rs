@@ -393,10 +393,6 @@ pub(crate) fn loopback_source(server: SocketAddr, index: usize) -> IpAddr {
 }
 
 impl Dialer {
-    fn source(&self, index: usize) -> IpAddr {
-        loopback_source(self.server, index)
-    }
-
     /// Connects and does what a Flux page does first: `getUserId`, then `userLocationUpdate`
     /// for its city (which joins the city's weather room and the global rooms). Also says
     /// whether a measured event (the room's hydration) arrived during the join.
@@ -406,7 +402,7 @@ impl Dialer {
         city: &str,
         tally: &Tally,
     ) -> Result<(Client, bool), ClientError> {
-        let mut client = Client::connect(self.server, self.source(index)).await?;
+        let mut client = Client::connect(self.server, loopback_source(self.server, index)).await?;
         let mut hydrated = false;
         let mut observe = |event: Event<'_>| hydrated |= tally.observe(event);
         let user = client.emit_with_ack("getUserId", "", &mut observe).await?;
@@ -588,7 +584,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             report.records = sent.records;
             report.expected = sent.expected;
             crowd.leave(&tally).await;
-            finish(&mut report, &tally, &feed, sent.started);
+            finish(&mut report, &tally, &feed, Some(sent.started));
         }
         Scenario::Rooms {
             cities,
@@ -618,7 +614,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             report.records = sent.records;
             report.expected = sent.expected;
             crowd.leave(&tally).await;
-            finish(&mut report, &tally, &feed, sent.started);
+            finish(&mut report, &tally, &feed, Some(sent.started));
         }
         Scenario::Idle { clients, hold } => {
             report.clients = clients;
@@ -628,7 +624,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_secs_f64(hold)).await;
             rss.fill(&mut report);
             crowd.leave(&tally).await;
-            read_tally(&mut report, &tally, &feed);
+            finish(&mut report, &tally, &feed, None);
             return Ok(report);
         }
         Scenario::Crowd {
@@ -663,7 +659,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<Report> {
             report.records = sent.records;
             report.expected = sent.expected;
             crowd.release(&tally).await;
-            finish(&mut report, &tally, &feed, sent.started);
+            finish(&mut report, &tally, &feed, Some(sent.started));
             // Joining is counted by `joins`, the updates that followed by `tally`.
             report.connected = joins.connected.load(Ordering::Relaxed);
             report.hydrated = hydrated;
@@ -802,15 +798,10 @@ async fn measure(
     }
 }
 
-/// What every scenario reports from its tally.
-fn read_tally(report: &mut Report, tally: &Tally, feed: &Feed) {
-    tally.report(report, None);
-    report.feed_failed = feed.failed();
-}
-
-/// The tally of a run that fed records from `started`, with its deliveries per second.
-fn finish(report: &mut Report, tally: &Tally, feed: &Feed, started: u64) {
-    tally.report(report, Some(started));
+/// What every scenario reports from its tally; given when records were first fed (µs since
+/// the epoch), with its deliveries per second.
+fn finish(report: &mut Report, tally: &Tally, feed: &Feed, fed_from: Option<u64>) {
+    tally.report(report, fed_from);
     report.feed_failed = feed.failed();
 }
 
@@ -848,7 +839,7 @@ async fn storm(
     let storm = TimedJoins::run(dialer, &tally, &tally, clients, &names, within_ms).await;
     report.storm_ms = Some(storm.all_hydrated_ms);
     storm.release(&tally).await;
-    read_tally(report, &tally, feed);
+    finish(report, &tally, feed, None);
     Ok(())
 }
 
