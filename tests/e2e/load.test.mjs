@@ -11,13 +11,16 @@ import { root, startBroker, startGateway, startPeer, withTimeout } from "./harne
 
 const loadBin = process.env.FLUX_LOAD_BIN ?? join(root, "target/debug/flux-load");
 
-/** Runs flux-load requiring completeness; resolves with its JSON report. */
+/** Runs flux-load against `server` requiring completeness; resolves with its JSON report. */
 function load(server, brokers, args) {
-  const child = spawn(
-    loadBin,
-    ["--server", new URL(server.url).host, "--brokers", brokers, "--server-pid", String(server.process.pid), "--require-complete", "--json", ...args],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
+  return flux(args, ["--server", new URL(server.url).host, "--brokers", brokers, "--server-pid", String(server.process.pid)]);
+}
+
+/** Runs the flux-load scenario `args` (its name first) requiring completeness, with the tool's
+ * `options`; resolves with its JSON report. */
+function flux(args, options = []) {
+  const child = spawn(loadBin, [...options, "--require-complete", "--json", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  const scenario = args[0];
   let out = "";
   let err = "";
   child.stdout.setEncoding("utf8").on("data", (chunk) => (out += chunk));
@@ -26,11 +29,11 @@ function load(server, brokers, args) {
     new Promise((done, failed) => {
       child.once("error", failed);
       child.once("exit", (code) =>
-        code === 0 ? done(JSON.parse(out)) : failed(new Error(`flux-load ${args[0]} exited with ${code}: ${err}${out}`)),
+        code === 0 ? done(JSON.parse(out)) : failed(new Error(`flux-load ${scenario} exited with ${code}: ${err}${out}`)),
       );
     }),
     90_000,
-    `flux-load ${args[0]}`,
+    `flux-load ${scenario}`,
   );
 }
 
@@ -72,3 +75,11 @@ for (const [name, start] of Object.entries(servers)) {
     assert.equal(crowd.delivered, crowd.records * 40);
   });
 }
+
+test("the load tool's floor: its own writer process serves every client every frame", async () => {
+  const floor = await flux(["floor", "--clients", "50", "--rate", "10", "--seconds", "1"]);
+  assert.equal(floor.connected, 50);
+  assert.equal(floor.records, 10);
+  assert.equal(floor.delivered, 500);
+  assert.ok(floor.latencyMs.p50 > 0 && floor.serverCpuSec !== null);
+});
